@@ -1,0 +1,445 @@
+"""A real Apache Kafka (KRaft) on 127.0.0.1, assembled from Maven Central jars.
+
+No registry we reach ships a Kafka distribution, but Maven Central has every jar of one.
+``fetch`` resolves them once into a cache outside the repo; ``up``/``cluster-up`` format
+and start combined broker+controller nodes and wait until each answers a Metadata request.
+
+Layout (``HOOPAI_KAFKA_HOME``, default ``$TMPDIR/hoopai-relay-kafka``)::
+
+    <home>/<cluster>/cluster.id
+    <home>/<cluster>/node-<id>/{server.properties,log4j2.properties,pid,server.log,stdout.log}
+    <home>/<cluster>/node-<id>/data/          removed by ``down``; the logs stay
+
+Standard library only, so it runs before the project's virtualenv exists and the pytest
+fixtures can import it (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_KAFKA_VERSION = "4.1.1"
+POM = Path(__file__).with_name("kafka-pom.xml")
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+
+# Brokers this process started. Kept so they are reaped on stop and not garbage-collected
+# while running (Popen warns about that); the pid files stay the source of truth.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class KafkaHarnessError(RuntimeError):
+    """The local Kafka could not be assembled, started or stopped."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One combined broker+controller process."""
+
+    node_id: int
+    port: int
+    controller_port: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A named set of nodes sharing one KRaft quorum."""
+
+    name: str
+    nodes: tuple[Node, ...]
+    replication_factor: int
+    min_insync_replicas: int
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap list a client uses."""
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def node(self, node_id: int) -> Node:
+        """The node with this id."""
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KafkaHarnessError(f"{self.name} has no node {node_id}")
+
+
+CLUSTERS = {
+    "single": Cluster("single", (Node(1, 9092, 9093),), 1, 1),
+    "cluster": Cluster(
+        "cluster",
+        (Node(1, 19092, 19192), Node(2, 19093, 19193), Node(3, 19094, 19194)),
+        replication_factor=3,
+        min_insync_replicas=2,
+    ),
+}
+
+
+def kafka_version() -> str:
+    """The pinned Kafka version (the Makefile passes ``KAFKA_VERSION``)."""
+    return os.environ.get("KAFKA_VERSION") or DEFAULT_KAFKA_VERSION
+
+
+def cache_dir() -> Path:
+    """Where the jars of one Kafka version are kept across runs and checkouts."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "hoopai-relay" / f"kafka-{kafka_version()}"
+
+
+def home() -> Path:
+    """Where node configs, pids, logs and data live."""
+    default = Path(tempfile.gettempdir()) / "hoopai-relay-kafka"
+    return Path(os.environ.get("HOOPAI_KAFKA_HOME") or default)
+
+
+def node_dir(cluster: Cluster, node: Node) -> Path:
+    """One node's directory."""
+    return home() / cluster.name / f"node-{node.node_id}"
+
+
+def log_path(cluster: Cluster, node: Node) -> Path:
+    """The broker's own log (log4j)."""
+    return node_dir(cluster, node) / "server.log"
+
+
+def fetch() -> Path:
+    """Resolve the broker's jars with Maven, once; return the ``libs`` directory."""
+    libs = cache_dir() / "libs"
+    done = cache_dir() / ".complete"
+    if done.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaHarnessError("mvn not found on PATH: Maven is needed to assemble Kafka")
+    tmp = cache_dir() / "libs.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"localkafka: resolving Apache Kafka {kafka_version()} into {libs}", flush=True)
+    cmd = [
+        "mvn", "-B", "-q", "-f", str(POM), f"-Dkafka.version={kafka_version()}",
+        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+    ]  # fmt: skip
+    if subprocess.run(cmd, check=False).returncode != 0:
+        raise KafkaHarnessError(f"Maven could not resolve Kafka {kafka_version()}: {cmd}")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    done.touch()
+    return libs
+
+
+def _properties(cluster: Cluster, node: Node, data: Path) -> str:
+    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster.nodes)
+    rf, isr = cluster.replication_factor, cluster.min_insync_replicas
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": node.node_id,
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": data,
+        "num.partitions": 3,
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+        "unclean.leader.election.enable": "false",
+        # Tests create consumer groups constantly; the default 3 s delay only slows them.
+        "group.initial.rebalance.delay.ms": 0,
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.apache.name = org.apache.kafka
+logger.apache.level = INFO
+"""
+
+
+def _cluster_id(cluster: Cluster) -> str:
+    path = home() / cluster.name / "cluster.id"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    return path.read_text().strip()
+
+
+def _java(libs: Path, node_path: Path, main: str, *args: str) -> list[str]:
+    return [
+        os.environ.get("JAVA", "java"),
+        *os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g").split(),
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={node_path / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={node_path}",
+        "-cp",
+        f"{libs}/*",
+        main,
+        *args,
+    ]
+
+
+def _prepare(cluster: Cluster, node: Node, libs: Path) -> Path:
+    """Write the node's config and format its storage, unless already formatted."""
+    nd = node_dir(cluster, node)
+    data = nd / "data"
+    nd.mkdir(parents=True, exist_ok=True)
+    (nd / "server.properties").write_text(_properties(cluster, node, data))
+    (nd / "log4j2.properties").write_text(_LOG4J2.format(log=nd / "server.log"))
+    if not (data / "meta.properties").exists():
+        cmd = _java(libs, nd, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                    "-t", _cluster_id(cluster), "-c", str(nd / "server.properties"))  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise KafkaHarnessError(f"formatting node {node.node_id} failed:\n{out.stderr}")
+    return nd
+
+
+def _read_pid(cluster: Cluster, node: Node) -> int | None:
+    """The node's pid if that process is alive and is really our broker."""
+    pid_file = node_dir(cluster, node) / "pid"
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # A recycled pid must never be signalled: check it runs this node's config.
+    ours = str(node_dir(cluster, node) / "server.properties").encode()
+    return pid if ours in cmdline and b"kafka.Kafka" in cmdline else None
+
+
+def metadata_brokers(port: int, timeout: float = 2.0) -> list[int] | None:
+    """Ask a broker for cluster metadata; return the node ids it knows, or None if it can't answer.
+
+    A raw Metadata v4 request (the oldest version Kafka 4 still serves), so the harness
+    needs no client library: an open port is not a ready broker, an answer is.
+    """
+    client_id = b"localkafka"
+    # header v1: api_key=3 (Metadata), api_version=4, correlation_id, client_id;
+    # body v4: topics=null (-1: all), allow_auto_topic_creation=false.
+    req = struct.pack(">hhih", 3, 4, 7, len(client_id)) + client_id + struct.pack(">ib", -1, 0)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(req)) + req)
+            size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+            resp = _recv_exact(sock, size)
+    except (OSError, struct.error):
+        return None
+    correlation_id, _throttle, count = struct.unpack_from(">iii", resp, 0)
+    if correlation_id != 7:
+        return None
+    offset, ids = 12, []
+    for _ in range(count):
+        node_id, host_len = struct.unpack_from(">ih", resp, offset)
+        offset += 6 + host_len + 4  # node_id+host_len, host, port
+        (rack_len,) = struct.unpack_from(">h", resp, offset)
+        offset += 2 + max(rack_len, 0)
+        ids.append(node_id)
+    return ids
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed by the broker")
+        buf += chunk
+    return bytes(buf)
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The last lines of a log file, or a note that it does not exist."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} does not exist)"
+
+
+def logs(cluster: Cluster, lines: int = 60) -> str:
+    """The tail of every node's log, headed by its path, for a failing test's report."""
+    parts = []
+    for node in cluster.nodes:
+        for name in ("server.log", "stdout.log"):
+            path = node_dir(cluster, node) / name
+            parts.append(f"==> {path} <==\n{tail(path, lines)}")
+    return "\n".join(parts)
+
+
+def start_node(cluster: Cluster, node: Node) -> bool:
+    """Start one node unless it is already running; return whether this call started it."""
+    if _read_pid(cluster, node) is not None:
+        return False
+    if metadata_brokers(node.port) is not None:
+        print(f"localkafka: 127.0.0.1:{node.port} already answers (not ours); using it")
+        return False
+    libs = fetch()
+    nd = _prepare(cluster, node, libs)
+    cmd = _java(libs, nd, "kafka.Kafka", str(nd / "server.properties"))
+    with (nd / "stdout.log").open("ab") as out:
+        # A session of its own: Ctrl-C in make or pytest must not reach the broker half-way.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    (nd / "pid").write_text(str(proc.pid))
+    return True
+
+
+def wait_ready(cluster: Cluster, nodes: Sequence[Node] | None = None) -> None:
+    """Block until each node answers Metadata and knows every node of the cluster."""
+    want = {n.node_id for n in cluster.nodes}
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for node in nodes or cluster.nodes:
+        while True:
+            ids = metadata_brokers(node.port)
+            if ids is not None and want <= set(ids):
+                break
+            if (node_dir(cluster, node) / "pid").exists() and _read_pid(cluster, node) is None:
+                raise KafkaHarnessError(
+                    f"node {node.node_id} of {cluster.name} died:\n{logs(cluster, 40)}"
+                )
+            if time.monotonic() > deadline:
+                raise KafkaHarnessError(
+                    f"{cluster.name} not ready in {START_TIMEOUT_S:.0f}s:\n{logs(cluster, 40)}"
+                )
+            time.sleep(0.25)
+
+
+def up(cluster: Cluster) -> bool:
+    """Start every node that is not running and wait until all are ready.
+
+    Returns whether anything was started, so a caller stops only what it started.
+    """
+    fetch()
+    # Formatting and JVM start-up take seconds each: do the nodes side by side.
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        started = list(pool.map(lambda n: start_node(cluster, n), cluster.nodes))
+    wait_ready(cluster)
+    return any(started)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pids: Iterator[int] | Sequence[int], timeout: float) -> list[int]:
+    """Wait for the processes to exit (reaping our children); return those still alive."""
+    pending = list(pids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            if (child := _CHILDREN.get(pid)) is not None and child.poll() is not None:
+                del _CHILDREN[pid]
+            if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+                pending.remove(pid)
+        time.sleep(0.1)
+    return pending
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+def kill_node(cluster: Cluster, node: Node, sig: signal.Signals = signal.SIGKILL) -> int:
+    """Signal one node by its recorded pid (SIGKILL by default); return the pid."""
+    pid = _read_pid(cluster, node)
+    if pid is None:
+        raise KafkaHarnessError(f"node {node.node_id} of {cluster.name} is not running")
+    _signal(pid, sig)
+    if sig in (signal.SIGKILL, signal.SIGTERM):
+        _wait_gone([pid], STOP_TIMEOUT_S)
+    return pid
+
+
+def down(cluster: Cluster) -> None:
+    """Stop every node by its recorded pid and remove the data; keep the logs."""
+    pids = [p for n in cluster.nodes if (p := _read_pid(cluster, n)) is not None]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    for pid in _wait_gone(pids, STOP_TIMEOUT_S):
+        _signal(pid, signal.SIGKILL)
+    _wait_gone(pids, 5)
+    for node in cluster.nodes:
+        nd = node_dir(cluster, node)
+        (nd / "pid").unlink(missing_ok=True)
+        shutil.rmtree(nd / "data", ignore_errors=True)
+    (home() / cluster.name / "cluster.id").unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python dev/localkafka.py {fetch,up,down,status,logs,start,kill}``."""
+    parser = argparse.ArgumentParser(prog="localkafka", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "action", choices=["fetch", "up", "down", "status", "logs", "start", "kill"]
+    )
+    parser.add_argument("--cluster", choices=sorted(CLUSTERS), default="single")
+    parser.add_argument("--node", type=int, help="node id, for start and kill")
+    args = parser.parse_args(argv)
+    cluster = CLUSTERS[args.cluster]
+    try:
+        match args.action:
+            case "fetch":
+                print(fetch())
+            case "up":
+                started = up(cluster)
+                state = "started" if started else "already up"
+                print(f"localkafka: {cluster.name} {state} at {cluster.bootstrap}")
+                print(f"localkafka: logs in {home() / cluster.name}/node-*/server.log")
+            case "down":
+                down(cluster)
+                print(f"localkafka: {cluster.name} stopped")
+            case "status":
+                for n in cluster.nodes:
+                    print(f"node {n.node_id} :{n.port} pid={_read_pid(cluster, n)} "
+                          f"metadata={metadata_brokers(n.port)}")  # fmt: skip
+            case "logs":
+                print(logs(cluster))
+            case "start" | "kill":
+                node = cluster.node(args.node if args.node is not None else 1)
+                if args.action == "kill":
+                    print(
+                        f"localkafka: killed node {node.node_id} (pid {kill_node(cluster, node)})"
+                    )
+                else:
+                    start_node(cluster, node)
+                    wait_ready(cluster, [node])
+                    print(f"localkafka: node {node.node_id} up at 127.0.0.1:{node.port}")
+    except KafkaHarnessError as exc:
+        print(f"localkafka: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

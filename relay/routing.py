@@ -1,0 +1,234 @@
+"""Which Kafka topic a webhook body goes to: pure functions over the parsed payload.
+
+The routing table comes from ``config/routes.toml`` (see the comments there). Nothing here
+does I/O except :func:`load_routes` reading that file, and nothing here keeps state.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+__all__ = [
+    "DEADLETTER_REASONS",
+    "INVOICE_EVENT_TYPE",
+    "KNOWN_EVENT_TYPES",
+    "NOT_JSON",
+    "NOT_OBJECT",
+    "Kind",
+    "Route",
+    "Routes",
+    "RoutesError",
+    "load_routes",
+    "metric_type",
+    "parse_event",
+    "route",
+]
+
+#: The 17 event types HoopAI documents. Metric labels may only take these values (plus
+#: :data:`INVOICE_EVENT_TYPE` and "other"): anything read from a payload is unbounded.
+KNOWN_EVENT_TYPES: Final = frozenset(
+    {
+        "AppointmentCreate",
+        "AppointmentDelete",
+        "AppointmentUpdate",
+        "ContactCreate",
+        "ContactDelete",
+        "ContactDndUpdate",
+        "ContactTagUpdate",
+        "ContactUpdate",
+        "InboundMessage",
+        "InvoiceCreate",
+        "InvoicePaid",
+        "NoteCreate",
+        "OpportunityCreate",
+        "OpportunityStageUpdate",
+        "OpportunityUpdate",
+        "OutboundMessage",
+        "TaskCreate",
+    }
+)
+
+#: The event type given to a body with no string ``type`` but the invoice shape. The
+#: published InvoiceCreate/InvoicePaid examples carry no ``type`` at all, so which of the
+#: two (or another invoice event) such a body is cannot be known; it is routed, and its
+#: ``ce_type`` is named, as the generic "Invoice".
+INVOICE_EVENT_TYPE: Final = "Invoice"
+
+#: Dead-letter reasons: a closed set, safe as a metric label.
+NOT_JSON: Final = "not_json"
+NOT_OBJECT: Final = "not_object"
+DEADLETTER_REASONS: Final = frozenset({NOT_JSON, NOT_OBJECT})
+
+_UNROUTED: Final = "unrouted"
+_DEADLETTER: Final = "deadletter"
+_OTHER: Final = "other"
+_METRIC_TYPES: Final = KNOWN_EVENT_TYPES | {INVOICE_EVENT_TYPE}
+
+# Kafka's legal topic characters and its maximum topic name length.
+_TOPIC_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
+_TOPIC_MAX: Final = 249
+# An event type (or type prefix) in the file: no whitespace or control characters.
+_TYPE_KEY_RE: Final = re.compile(r"[!-~]+")
+_TABLES: Final = frozenset({"families", "topics"})
+
+
+class RoutesError(ValueError):
+    """The routes file (or the topic prefix) is malformed; the message names the culprit."""
+
+
+class Kind(enum.StrEnum):
+    """How a body was routed; a closed set, safe as a metric label."""
+
+    ROUTED = "routed"
+    UNROUTED = "unrouted"
+    DEADLETTER = "deadletter"
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """A validated routing table, built by :func:`load_routes`."""
+
+    prefix: str
+    #: (type prefix, family) pairs, longest type prefix first.
+    families: tuple[tuple[str, str], ...]
+    #: exact event type -> full topic name (no prefix added).
+    overrides: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one body goes, and why."""
+
+    topic: str
+    kind: Kind
+    #: the payload's ``type`` verbatim when a string; "Invoice" for a type-less invoice.
+    #: Never use it as a metric label: see :func:`metric_type`.
+    event_type: str | None
+    #: one of :data:`DEADLETTER_REASONS` for a dead letter, else None.
+    reason: str | None
+
+
+def _valid_topic(name: str) -> bool:
+    """Tell whether Kafka accepts ``name`` as a topic name."""
+    return (
+        len(name) <= _TOPIC_MAX
+        and name not in (".", "..")
+        and _TOPIC_RE.fullmatch(name) is not None
+    )
+
+
+def _table(data: dict[str, object], name: str, path: Path) -> dict[str, str]:
+    """Return the string-to-string table ``name`` of the file, checking each key and value."""
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise RoutesError(f"{path}: [{name}] must be a table, not {type(raw).__name__}")
+    table: dict[str, str] = {}
+    for key, value in raw.items():
+        if _TYPE_KEY_RE.fullmatch(key) is None:
+            raise RoutesError(f"{path}: [{name}] key {key!r} is not an event type (prefix)")
+        if not isinstance(value, str):
+            raise RoutesError(
+                f"{path}: [{name}] {key}: value must be a string, not {type(value).__name__}"
+            )
+        table[key] = value
+    return table
+
+
+def load_routes(path: Path, prefix: str) -> Routes:
+    """Read and validate the routes file at ``path`` for topics under ``prefix``."""
+    if not _valid_topic(prefix) or len(prefix) + 1 + len(_DEADLETTER) > _TOPIC_MAX:
+        raise RoutesError(f"topic prefix {prefix!r} is not a valid Kafka topic name")
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RoutesError(f"{path}: not valid TOML: {e}") from e
+    unknown = sorted(set(data) - _TABLES)
+    if unknown:
+        raise RoutesError(f"{path}: unknown key {unknown[0]!r} (expected [families], [topics])")
+    if "families" not in data:
+        raise RoutesError(f"{path}: missing the [families] table")
+    families = _table(data, "families", path)
+    for key, family in families.items():
+        if family in (_UNROUTED, _DEADLETTER):
+            raise RoutesError(f"{path}: [families] {key}: family {family!r} is reserved")
+        if not family or not _valid_topic(f"{prefix}.{family}"):
+            raise RoutesError(
+                f"{path}: [families] {key}: {prefix}.{family} is not a valid Kafka topic name"
+            )
+    overrides = _table(data, "topics", path)
+    for key, topic in overrides.items():
+        if not _valid_topic(topic):
+            raise RoutesError(f"{path}: [topics] {key}: {topic!r} is not a valid Kafka topic name")
+    ordered = sorted(families.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+    return Routes(
+        prefix=prefix,
+        families=tuple(ordered),
+        overrides=types.MappingProxyType(overrides),
+    )
+
+
+def parse_event(body: bytes) -> dict[str, object] | str:
+    """Parse ``body`` as a JSON object, or return why it is a dead letter (a reason string)."""
+    try:
+        parsed: object = orjson.loads(body)
+    except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, too deep
+        return NOT_JSON
+    if isinstance(parsed, dict):
+        return parsed
+    return NOT_OBJECT
+
+
+def _is_invoice(event: dict[str, object]) -> bool:
+    """Tell whether a type-less body has the shape of a published invoice event."""
+    return "altType" in event and ("invoiceNumber" in event or "_id" in event)
+
+
+def _family_topic(event_type: str, routes: Routes) -> str | None:
+    """Return the override or family topic for ``event_type``, or None when none matches."""
+    topic = routes.overrides.get(event_type)
+    if topic is not None:
+        return topic
+    for type_prefix, family in routes.families:
+        if event_type.startswith(type_prefix) and (
+            len(event_type) == len(type_prefix) or not event_type[len(type_prefix)].islower()
+        ):
+            return f"{routes.prefix}.{family}"
+    return None
+
+
+def route(event: dict[str, object] | str, routes: Routes) -> Route:
+    """Route a parsed body (or a :func:`parse_event` dead-letter reason) to its topic."""
+    if isinstance(event, str):
+        if event not in DEADLETTER_REASONS:
+            raise ValueError(f"not a dead-letter reason: {event!r}")
+        return Route(f"{routes.prefix}.{_DEADLETTER}", Kind.DEADLETTER, None, event)
+    raw_type = event.get("type")
+    if isinstance(raw_type, str):
+        event_type: str | None = raw_type
+    elif _is_invoice(event):
+        event_type = INVOICE_EVENT_TYPE
+    else:
+        event_type = None
+    if event_type is not None:
+        topic = _family_topic(event_type, routes)
+        if topic is not None:
+            return Route(topic, Kind.ROUTED, event_type, None)
+    return Route(f"{routes.prefix}.{_UNROUTED}", Kind.UNROUTED, event_type, None)
+
+
+def metric_type(route: Route) -> str:
+    """Return a metric label for the route's event type: a known type, or "other"."""
+    event_type = route.event_type
+    if event_type is not None and event_type in _METRIC_TYPES:
+        return event_type
+    return _OTHER

@@ -1,0 +1,45 @@
+"""Small helpers for tests that talk to the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+def unique_topic(prefix: str = "t") -> str:
+    """A topic name no other test uses, so tests never see each other's records."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def consume(bootstrap: str, topic: str, count: int) -> list[Any]:
+    """Read ``count`` records of ``topic`` from the beginning, within 30 s."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(records) < count:
+                batches = await consumer.getmany(timeout_ms=500)
+                for batch in batches.values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def describe_partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Leader, replicas and ISR of each partition of ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions: list[dict[str, Any]] = described["partitions"]
+    return partitions
