@@ -338,10 +338,16 @@ def up(cluster: Cluster) -> bool:
     Returns whether anything was started, so a caller stops only what it started.
     """
     fetch()
+    _cluster_id(cluster)  # once, before the threads: each node must format with the same id
     # Formatting and JVM start-up take seconds each: do the nodes side by side.
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         started = list(pool.map(lambda n: start_node(cluster, n), cluster.nodes))
-    wait_ready(cluster)
+    try:
+        wait_ready(cluster)
+    except KafkaHarnessError:
+        if any(started):  # leave nothing half-up behind; the logs stay for the report
+            down(cluster)
+        raise
     return any(started)
 
 

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from relay import __version__
+from relay.errors import ConfigError
+from relay.server import serve
+from relay.settings import Settings
+
+#: exit status for bad configuration, as for a usage error
+EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,5 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    print("relay serve: the ingress is not built yet (issue 3)", file=sys.stderr)
-    return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env(os.environ)
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0

@@ -27,6 +27,7 @@ __all__ = [
     "Route",
     "Routes",
     "RoutesError",
+    "all_topics",
     "load_routes",
     "metric_type",
     "parse_event",
@@ -175,6 +176,13 @@ def load_routes(path: Path, prefix: str) -> Routes:
         families=tuple(ordered),
         overrides=types.MappingProxyType(overrides),
     )
+
+
+def all_topics(routes: Routes) -> list[str]:
+    """Every topic the routes can produce to, for creating them up front."""
+    families = {f"{routes.prefix}.{family}" for _, family in routes.families}
+    reserved = {f"{routes.prefix}.{_UNROUTED}", f"{routes.prefix}.{_DEADLETTER}"}
+    return sorted(families | reserved | set(routes.overrides.values()))
 
 
 def parse_event(body: bytes) -> dict[str, object] | str:

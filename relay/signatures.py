@@ -56,6 +56,8 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     LEGACY_DISABLED = "legacy_disabled"
     NO_KEY = "no_key"
+    #: a signature header repeated: set by the HTTP layer, which sees the raw headers
+    AMBIGUOUS = "ambiguous"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,26 @@ Each stops only what it started. Tests that request neither never touch Java.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+from typing import Any
 
 import localkafka  # dev/, on the path by pytest's `pythonpath` setting
 import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from relay import appkeys, server
+from relay.app import create_app
+from relay.settings import Settings
+from tests.kafkautil import unique_topic
+from tests.relayutil import ROOT, RunningRelay, StartRelay
 
 KAFKA_FIXTURES = {"kafka_bootstrap": "kafka", "kafka_cluster": "cluster"}
 
@@ -60,3 +75,66 @@ def kafka_cluster() -> Iterator[localkafka.Cluster]:
     yield cluster
     if started:
         localkafka.down(cluster)
+
+
+@pytest.fixture(scope="session")
+def ed25519_key() -> Ed25519PrivateKey:
+    """The test sender's Ed25519 key (stands in for HighLevel's private key)."""
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> RSAPrivateKey:
+    """The test sender's legacy RSA key, 4096 bits as HighLevel's."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=4096)
+
+
+@pytest.fixture(scope="session")
+def public_key_files(
+    tmp_path_factory: pytest.TempPathFactory, ed25519_key: Ed25519PrivateKey, rsa_key: RSAPrivateKey
+) -> tuple[Path, ...]:
+    """PEM files of the test keys' public halves, for ``RELAY_PUBLIC_KEYS``."""
+    folder = tmp_path_factory.mktemp("keys")
+    paths = []
+    for name, key in (("ed25519.pem", ed25519_key), ("rsa.pem", rsa_key)):
+        path = folder / name
+        path.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        paths.append(path)
+    return tuple(paths)
+
+
+@pytest.fixture
+async def start_relay(
+    kafka_bootstrap: str, public_key_files: tuple[Path, ...]
+) -> AsyncIterator[StartRelay]:
+    """Start relays on 127.0.0.1:0 against the real broker; each gets its own topic prefix."""
+    runners: list[web.AppRunner] = []
+
+    async def start(wait_connected: bool = True, **overrides: Any) -> RunningRelay:
+        settings = Settings(
+            http_host="127.0.0.1",
+            http_port=0,
+            metrics_port=0,
+            public_keys=public_key_files,
+            routes_file=ROOT / "config" / "routes.toml",
+            topic_prefix=unique_topic("relay"),
+            kafka_bootstrap_servers=tuple(kafka_bootstrap.split(",")),
+        )
+        settings = dataclasses.replace(settings, **overrides)
+        settings.validate()
+        app = create_app(settings)
+        runner = await server.start(app, settings.http_host, settings.http_port)
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        if wait_connected:
+            async with asyncio.timeout(30):
+                await app[appkeys.PUBLISHER].wait_connected()
+        return RunningRelay(f"http://{host}:{port}", app, settings)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

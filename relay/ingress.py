@@ -1,0 +1,141 @@
+"""``POST /webhooks/hoopai``: glue between HTTP and the pure verify, route and record steps.
+
+Order matters: nothing reads the body as JSON before its signature is verified over the
+exact bytes received. An authentic event is never answered 4xx (the sender retries every
+non-2xx and pauses endpoints below 90% success): it is routed, dead-lettered, or answered
+with the retryable status when Kafka cannot take it in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+from aiohttp import hdrs, web
+
+from relay import appkeys
+from relay.errors import PublishError
+from relay.metrics import Outcome
+from relay.records import build_record, idempotency_key
+from relay.routing import Kind, metric_type, parse_event, route
+from relay.signatures import Reason, Rejected, Verified, verify
+
+_NO_TYPE = "none"
+_KIND_OUTCOME = {
+    Kind.ROUTED: Outcome.ACCEPTED,
+    Kind.UNROUTED: Outcome.UNROUTED,
+    Kind.DEADLETTER: Outcome.DEADLETTER,
+}
+
+
+def _signature_headers(request: web.Request) -> tuple[str | None, str | None] | None:
+    """The Ed25519 and RSA signature headers, or None when either is repeated."""
+    found = []
+    for name in ("X-GHL-Signature", "X-WH-Signature"):
+        values = request.headers.getall(name, [])
+        if len(values) > 1:
+            # Two signatures for one body: which one the sender meant is unknowable.
+            return None
+        found.append(values[0] if values else None)
+    return found[0], found[1]
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Verify, route and publish one delivery; 2xx only once Kafka acknowledged it."""
+    started = time.monotonic()
+    outcome, response = await _handle(request)
+    metrics = request.app[appkeys.METRICS]
+    metrics.request_seconds.labels(outcome=outcome.value).observe(time.monotonic() - started)
+    return response
+
+
+async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
+    app = request.app
+    settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
+    # The loop's clock, as asyncio.timeout_at wants; the sender gives up after 5 s.
+    deadline = asyncio.get_running_loop().time() + settings.ack_timeout_ms / 1000
+
+    def done(
+        status: int, outcome: Outcome, event_type: str, **fields: object
+    ) -> tuple[Outcome, web.Response]:
+        metrics.requests.labels(outcome=outcome.value, event_type=event_type).inc()
+        return outcome, web.json_response({"outcome": outcome.value, **fields}, status=status)
+
+    def too_large() -> tuple[Outcome, web.Response]:
+        answer = done(413, Outcome.TOO_LARGE, _NO_TYPE, limit=settings.max_body_bytes)
+        answer[1].force_close()  # do not read (or linger on) the rest of a body we refused
+        return answer
+
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # The signature covers the bytes on the wire; inflating untrusted input is a bomb.
+        return done(415, Outcome.UNSUPPORTED_ENCODING, _NO_TYPE, error="content-encoding")
+    declared = request.content_length
+    if declared is not None and declared > settings.max_body_bytes:
+        return too_large()
+    try:
+        body = await request.read()  # capped by the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        return too_large()
+
+    signatures = _signature_headers(request)
+    verify_started = time.perf_counter()
+    if signatures is None:
+        verdict: Verified | Rejected = Rejected(Reason.AMBIGUOUS)
+    else:
+        # Inline, not in an executor: see the figures in relay/signatures.py.
+        verdict = verify(
+            body, *signatures, app[appkeys.KEYS], accept_legacy_rsa=settings.accept_legacy_rsa
+        )
+    metrics.verify_seconds.observe(time.perf_counter() - verify_started)
+    if isinstance(verdict, Rejected):
+        metrics.unauthenticated.labels(reason=verdict.reason.value).inc()
+        return done(401, Outcome.UNAUTHENTICATED, _NO_TYPE, reason=verdict.reason.value)
+
+    event = parse_event(body)
+    where = route(event, app[appkeys.ROUTES])
+    event_type = metric_type(where)
+    ce_id = idempotency_key(event, body)
+    recent = app[appkeys.RECENT_IDS]
+    if ce_id in recent:
+        return done(200, Outcome.DUPLICATE, event_type, id=ce_id)
+
+    record = build_record(
+        body=body,
+        event=event,
+        route=where,
+        scheme=verdict.scheme.value,
+        signature=verdict.signature,
+        received_at=datetime.now(UTC),
+        source=settings.ce_source,
+    )
+    publisher = app[appkeys.PUBLISHER]
+    metrics.in_flight.inc()
+    produce_started = time.monotonic()
+    try:
+        ack = await publisher.publish(record, deadline)
+    except PublishError as exc:
+        metrics.unavailable.labels(cause=exc.label).inc()
+        answer = done(settings.unavailable_status, Outcome.UNAVAILABLE, event_type, error=exc.label)
+        answer[1].headers[hdrs.RETRY_AFTER] = str(settings.retry_after_s)
+        return answer
+    finally:
+        metrics.in_flight.dec()
+    metrics.produce_seconds.observe(time.monotonic() - produce_started)
+    recent.add(ce_id)
+    return done(
+        200,
+        _KIND_OUTCOME[where.kind],
+        event_type,
+        id=ce_id,
+        topic=ack.topic,
+        partition=ack.partition,
+        offset=ack.offset,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers."""
+    await asyncio.sleep(0)
+    return web.json_response({"status": "ok"})

@@ -1,0 +1,134 @@
+"""The Kafka side: one idempotent ``acks=all`` producer, its connection, the in-flight limit.
+
+The relay answers 2xx only for a record :meth:`Publisher.publish` returned from, that is,
+one the brokers acknowledged. Every other way out is a :class:`~relay.errors.PublishError`
+that the handler turns into a retryable status. A record whose wait was abandoned (the
+deadline passed) may still be delivered later: the sender retries it with the same
+``ce_id``, and consumers dedup, so that is a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata
+
+from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed
+from relay.records import Record
+from relay.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Room for the CloudEvents headers and the record framing on top of the largest body.
+_RECORD_OVERHEAD = 64 * 1024
+_RECONNECT_MAX_S = 10.0
+
+
+class Publisher:
+    """Owns the producer; connects in the background so the HTTP side starts at once."""
+
+    def __init__(self, settings: Settings, topics: Sequence[str] = ()) -> None:
+        self._settings = settings
+        #: created at start-up when ``create_topics`` is set
+        self._topics = topics
+        self._producer: AIOKafkaProducer | None = None
+        self._started = asyncio.Event()
+        self._in_flight = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the producer has started (reached the cluster at least once)."""
+        return self._producer is not None
+
+    async def wait_connected(self) -> None:
+        """Return once the producer has started."""
+        await self._started.wait()
+
+    @property
+    def in_flight(self) -> int:
+        """Records handed to the producer and not yet acknowledged or abandoned."""
+        return self._in_flight
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self._settings
+        return AIOKafkaProducer(
+            bootstrap_servers=list(s.kafka_bootstrap_servers),
+            client_id="hoopai-relay",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.kafka_linger_ms,
+            max_request_size=s.max_body_bytes + _RECORD_OVERHEAD,
+            request_timeout_ms=max(s.ack_timeout_ms, 5000),
+        )
+
+    async def connect(self) -> None:
+        """Start the producer, retrying with backoff until the cluster answers."""
+        delay = 0.5
+        while True:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+                if self._settings.create_topics:
+                    await self._create_topics()
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning("kafka not reachable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_S)
+                continue
+            self._producer = producer
+            self._started.set()
+            log.info("kafka producer started")
+            return
+
+    async def _create_topics(self) -> None:
+        s = self._settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=list(s.kafka_bootstrap_servers))
+        await admin.start()
+        try:
+            for name in self._topics:
+                topic = NewTopic(
+                    name,
+                    num_partitions=s.topic_partitions or -1,
+                    replication_factor=s.topic_replication_factor or -1,
+                )
+                try:
+                    await admin.create_topics([topic])
+                except TopicAlreadyExistsError:
+                    continue
+                log.info("created topic %s", name)
+        finally:
+            await admin.close()
+
+    async def close(self) -> None:
+        """Flush what the producer holds and stop it."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, record: Record, deadline: float) -> RecordMetadata:
+        """Send ``record`` and wait for its ack until ``deadline`` (event-loop time)."""
+        producer = self._producer
+        if producer is None:
+            raise NotConnected("the producer has not reached the cluster yet")
+        if self._in_flight >= self._settings.max_in_flight:
+            raise Overloaded(f"{self._in_flight} records already waiting for Kafka")
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                delivery = await producer.send(
+                    record.topic, record.value, key=record.key, headers=list(record.headers)
+                )
+                metadata: RecordMetadata = await delivery
+                return metadata
+        except (TimeoutError, KafkaTimeoutError):
+            raise AckTimeout("no ack before the deadline") from None
+        except KafkaError as exc:
+            raise ProduceFailed(type(exc).__name__) from exc
+        finally:
+            self._in_flight -= 1

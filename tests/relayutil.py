@@ -1,0 +1,39 @@
+"""Helpers for tests that run the relay on a real socket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from relay.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOADS = Path(__file__).resolve().parent / "payloads"
+
+
+@dataclass(frozen=True)
+class RunningRelay:
+    """A relay served on 127.0.0.1 for one test."""
+
+    url: str
+    app: web.Application
+    settings: Settings
+
+    @property
+    def webhook_url(self) -> str:
+        """Where HoopAI would POST."""
+        return f"{self.url}/webhooks/hoopai"
+
+    def topic(self, family: str) -> str:
+        """The full name of one of this relay's topics."""
+        return f"{self.settings.topic_prefix}.{family}"
+
+
+class StartRelay(Protocol):
+    """The ``start_relay`` fixture: start a relay with settings overridden."""
+
+    async def __call__(self, wait_connected: bool = True, **overrides: Any) -> RunningRelay:
+        """Start a relay; wait until its producer has reached Kafka unless told not to."""
