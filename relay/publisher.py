@@ -14,13 +14,13 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import RecordMetadata
 
 from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed
 from relay.records import Record
 from relay.settings import Settings
+from relay.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,23 @@ class Publisher:
 
     async def connect(self) -> None:
         """Start the producer, retrying with backoff until the cluster answers."""
-        delay = 0.5
+        s, delay = self._settings, 0.5
         while True:
             producer = self._new_producer()
             try:
                 await producer.start()
-                if self._settings.create_topics:
-                    await self._create_topics()
-            except KafkaError as exc:
+                if s.create_topics:
+                    await ensure_topics(
+                        s.kafka_bootstrap_servers,
+                        self._topics,
+                        s.topic_partitions,
+                        s.topic_replication_factor,
+                    )
+            except Exception as exc:
+                # Anything, not only KafkaError: this task must never end silently, or the
+                # relay would answer 429 forever with nothing in the log to say why.
                 await producer.stop()
-                log.warning("kafka not reachable (%s); retrying in %.1fs", exc, delay)
+                log.warning("kafka not ready (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_S)
                 continue
@@ -85,25 +92,6 @@ class Publisher:
             self._started.set()
             log.info("kafka producer started")
             return
-
-    async def _create_topics(self) -> None:
-        s = self._settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=list(s.kafka_bootstrap_servers))
-        await admin.start()
-        try:
-            for name in self._topics:
-                topic = NewTopic(
-                    name,
-                    num_partitions=s.topic_partitions or -1,
-                    replication_factor=s.topic_replication_factor or -1,
-                )
-                try:
-                    await admin.create_topics([topic])
-                except TopicAlreadyExistsError:
-                    continue
-                log.info("created topic %s", name)
-        finally:
-            await admin.close()
 
     async def close(self) -> None:
         """Flush what the producer holds and stop it."""

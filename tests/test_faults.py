@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import localkafka
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay import appkeys
 from relay.sending import as_delivery, sign_ed25519
 from tests.relayutil import RunningRelay, StartRelay
 
 
-async def deliver(http: aiohttp.ClientSession, relay: RunningRelay, key: Ed25519PrivateKey) -> int:
-    """Send one fresh signed delivery; return the status."""
+async def deliver(
+    http: aiohttp.ClientSession, relay: RunningRelay, key: Ed25519PrivateKey
+) -> tuple[int, dict[str, Any]]:
+    """Send one fresh signed delivery; return the status and the JSON answer."""
     body = as_delivery({"type": "ContactCreate", "locationId": "loc-stall"})
     headers = {"X-GHL-Signature": sign_ed25519(key, body)}
     async with http.post(relay.webhook_url, data=body, headers=headers) as response:
-        return response.status
+        return response.status, await response.json()
+
+
+@contextlib.contextmanager
+def stalled(cluster: localkafka.Cluster) -> Iterator[None]:
+    """SIGSTOP every broker of the cluster for the duration of the block."""
+    for node in cluster.nodes:
+        localkafka.kill_node(cluster, node, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for node in cluster.nodes:
+            localkafka.kill_node(cluster, node, signal.SIGCONT)
 
 
 async def test_stalled_brokers_get_429_within_deadline_then_recover(
@@ -32,19 +50,41 @@ async def test_stalled_brokers_get_429_within_deadline_then_recover(
         kafka_bootstrap_servers=tuple(kafka_cluster.bootstrap.split(",")), ack_timeout_ms=1500
     )
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
-        assert await deliver(http, relay, ed25519_key) == 200
-        for node in kafka_cluster.nodes:
-            localkafka.kill_node(kafka_cluster, node, signal.SIGSTOP)
-        try:
+        assert (await deliver(http, relay, ed25519_key))[0] == 200
+        with stalled(kafka_cluster):
             for _ in range(3):
                 began = time.monotonic()
-                assert await deliver(http, relay, ed25519_key) == 429
+                status, answer = await deliver(http, relay, ed25519_key)
+                assert (status, answer["error"]) == (429, "ack_timeout")
                 assert time.monotonic() - began < 1.5 + 1.0  # deadline plus slack
-        finally:
-            for node in kafka_cluster.nodes:
-                localkafka.kill_node(kafka_cluster, node, signal.SIGCONT)
         statuses: list[int] = []
         async with asyncio.timeout(60):
             while not statuses or statuses[-1] != 200:
-                statuses.append(await deliver(http, relay, ed25519_key))
+                statuses.append((await deliver(http, relay, ed25519_key))[0])
         assert set(statuses) <= {200, 429}
+
+
+async def test_in_flight_limit_sheds_at_once(
+    kafka_cluster: localkafka.Cluster,
+    start_relay: StartRelay,
+    ed25519_key: Ed25519PrivateKey,
+) -> None:
+    """With the in-flight limit reached, a further delivery gets 429 'overloaded' at once."""
+    relay = await start_relay(
+        kafka_bootstrap_servers=tuple(kafka_cluster.bootstrap.split(",")),
+        ack_timeout_ms=3000,
+        max_in_flight=1,
+    )
+    metrics = relay.app[appkeys.METRICS]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        assert (await deliver(http, relay, ed25519_key))[0] == 200
+        with stalled(kafka_cluster):
+            waiting = asyncio.create_task(deliver(http, relay, ed25519_key))
+            async with asyncio.timeout(5):
+                while metrics.in_flight._value.get() < 1:
+                    await asyncio.sleep(0.01)
+            status, answer = await deliver(http, relay, ed25519_key)
+            assert (status, answer["error"]) == (429, "overloaded")
+            assert (await waiting)[1]["error"] == "ack_timeout"
+    assert metrics.unavailable.labels(cause="overloaded")._value.get() == 1
+    assert metrics.unavailable.labels(cause="ack_timeout")._value.get() == 1

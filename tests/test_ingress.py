@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from relay import appkeys
 from relay.sending import as_delivery, sign_ed25519, sign_rsa
-from tests.kafkautil import consume
+from tests.kafkautil import consume, describe_partitions
 from tests.relayutil import PAYLOADS, RunningRelay, StartRelay
 
 #: published example → the family its body is routed to (AppointmentUpdate/Delete examples
@@ -65,7 +66,8 @@ async def post(
 ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
     """POST a body with the given headers (underscores become dashes)."""
     sent = {name.replace("_", "-"): value for name, value in headers.items()}
-    async with http.post(relay.webhook_url, data=body, headers=sent) as response:
+    # BytesIO: aiohttp warns about large raw bytes bodies; the bytes sent are the same.
+    async with http.post(relay.webhook_url, data=io.BytesIO(body), headers=sent) as response:
         return response.status, await response.json(), response
 
 
@@ -387,3 +389,31 @@ async def test_concurrent_deliveries_are_all_acknowledged(
     records = await consume(_bootstrap(relay), relay.topic("contacts"), 50)
     assert {r.value for r in records} == set(bodies)
     assert len({r.partition for r in records}) == 1  # one location, one partition
+
+
+async def test_record_refused_by_the_broker_is_retryable(
+    http: aiohttp.ClientSession, start_relay: StartRelay, ed25519_key: Ed25519PrivateKey
+) -> None:
+    """A record over the broker's message.max.bytes gets 429 'produce_failed', never 2xx."""
+    relay = await start_relay(max_body_bytes=4 * 1024 * 1024)
+    body = as_delivery({"type": "NoteCreate", "locationId": "loc-big", "body": "n" * 2_000_000})
+    status, answer, _ = await post_signed(http, relay, ed25519_key, body)
+    assert (status, answer["error"]) == (429, "produce_failed")
+    metrics = relay.app[appkeys.METRICS]
+    assert metrics.unavailable.labels(cause="produce_failed")._value.get() == 1
+
+
+@pytest.mark.parametrize(("partitions", "expected"), [(2, 2), (None, 3)])
+async def test_create_topics_at_start(
+    start_relay: StartRelay, partitions: int | None, expected: int
+) -> None:
+    """RELAY_CREATE_TOPICS creates every routed topic, with the broker's default if unset."""
+    relay = await start_relay(create_topics=True, topic_partitions=partitions)
+    bootstrap = _bootstrap(relay)
+    for family in ("contacts", "messages", "invoices", "unrouted", "deadletter"):
+        async with asyncio.timeout(10):  # a new topic's leaders take a moment to show
+            while not (
+                partitions_seen := await describe_partitions(bootstrap, relay.topic(family))
+            ):
+                await asyncio.sleep(0.1)
+        assert len(partitions_seen) == expected

@@ -15,6 +15,7 @@ from relay.routing import (
     Route,
     Routes,
     RoutesError,
+    all_topics,
     load_routes,
     metric_type,
     parse_event,
@@ -458,3 +459,18 @@ def test_route_never_raises_for_any_json_object(
     if isinstance(type_value, str):
         assert got.event_type == type_value
         assert (got.kind is Kind.ROUTED) == (got.topic != PREFIX + ".unrouted")
+
+
+def test_all_topics_lists_families_overrides_and_reserved(tmp_path: Path) -> None:
+    """all_topics() names every topic routing can produce to, once each."""
+    path = tmp_path / "routes.toml"
+    path.write_text(
+        '[families]\nContact = "contacts"\nNote = "notes"\n[topics]\nNoteCreate = "x.y"\n'
+    )
+    assert all_topics(load_routes(path, "p")) == [
+        "p.contacts",
+        "p.deadletter",
+        "p.notes",
+        "p.unrouted",
+        "x.y",
+    ]
