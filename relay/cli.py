@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from relay import __version__
+from relay import __version__, logs
 from relay.errors import ConfigError
 from relay.server import serve
 from relay.settings import Settings
@@ -37,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = Settings.from_env(os.environ)
+        settings = Settings.load(os.environ)
+        logs.configure(settings.log_level)
         asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import RecordMetadata
 
 from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed
+from relay.kafkaconf import client_options
 from relay.records import Record
 from relay.settings import Settings
 from relay.topics import ensure_topics
@@ -57,7 +58,7 @@ class Publisher:
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
         return AIOKafkaProducer(
-            bootstrap_servers=list(s.kafka_bootstrap_servers),
+            **client_options(s),
             client_id="hoopai-relay",
             acks="all",
             enable_idempotence=True,
@@ -75,7 +76,7 @@ class Publisher:
                 await producer.start()
                 if s.create_topics:
                     await ensure_topics(
-                        s.kafka_bootstrap_servers,
+                        client_options(s),
                         self._topics,
                         s.topic_partitions,
                         s.topic_replication_factor,

@@ -1,23 +1,33 @@
-"""Settings: read once at start-up from ``RELAY_*`` variables, cast, frozen.
+"""Settings: read once at start-up from ``config/relay.toml`` and ``RELAY_*`` variables.
 
-Nothing else in the relay reads the environment. A bad value fails loudly, naming the
-variable and the value, so ``relay serve`` can exit 2 before it binds a port.
+Precedence: a ``RELAY_<NAME>`` variable beats the key ``<name>`` of the config file, which
+beats the default. Nothing else in the relay reads the environment. A bad value fails
+loudly, naming the setting and the value, so the relay exits 2 before it binds a port.
+Secrets (the SASL password) come from the environment or a file, never the config file.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from relay.errors import ConfigError
 
 T = TypeVar("T")
 
+DEFAULT_CONFIG_FILE: Final = Path("config/relay.toml")
+CONFIG_FILE_VARIABLE: Final = "RELAY_CONFIG_FILE"
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: settings that may only come from the environment (or a file named in the config)
+_SECRETS = frozenset({"kafka_sasl_password"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +37,8 @@ class Settings:
     http_host: str = "0.0.0.0"  # noqa: S104 -- a container service listens on all interfaces
     http_port: int = 8080
     metrics_port: int = 9090
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     max_body_bytes: int = 1024 * 1024
     accept_legacy_rsa: bool = False
     #: PEM files replacing the published HighLevel keys; empty means those keys.
@@ -38,6 +50,14 @@ class Settings:
     topic_partitions: int | None = None
     topic_replication_factor: int | None = None
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_sasl_password_file: Path | None = None
     kafka_linger_ms: int = 0
     ack_timeout_ms: int = 4000
     max_in_flight: int = 1000
@@ -45,57 +65,135 @@ class Settings:
     retry_after_s: int = 5
     dedup_window: int = 100_000
     ce_source: str = "hoopai-relay"
+    ready_check_interval_s: float = 2.0
+    drain_delay_s: float = 5.0
+    shutdown_grace_s: float = 25.0
+    log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from ``RELAY_<FIELD>`` variables; unset ones keep their defaults."""
+    def load(cls, environ: Mapping[str, str], *, use_file: bool = True) -> Settings:
+        """Defaults, then the config file (``RELAY_CONFIG_FILE``), then ``RELAY_*``; validated.
+
+        Without ``RELAY_CONFIG_FILE``, ``config/relay.toml`` is read if it exists.
+        """
         values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            name = f"RELAY_{field.name.upper()}"
-            raw = environ.get(name)
-            if raw is not None:
-                values[field.name] = _cast(name, raw.strip(), _CASTS[field.name])
-        settings = cls(**values)  # type: ignore[arg-type]  # values are cast per field above
+        if use_file:
+            explicit = environ.get(CONFIG_FILE_VARIABLE)
+            path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
+            values = _read_file(path, required=bool(explicit))
+        for name in _CASTS:
+            variable = f"RELAY_{name.upper()}"
+            if variable in environ:
+                values[name] = _cast(variable, environ[variable].strip(), _CASTS[name])
+        password_file = values.get("kafka_sasl_password_file")
+        if isinstance(password_file, Path) and values.get("kafka_sasl_password") is None:
+            values["kafka_sasl_password"] = _read_secret(password_file)
+        settings = cls(**values)  # type: ignore[arg-type]  # each value was cast for its field
         settings.validate()
         return settings
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Defaults and ``RELAY_*`` only, ignoring any config file (for tests and tools)."""
+        return cls.load(environ, use_file=False)
+
     def validate(self) -> None:
         """Check ranges and combinations; raise ConfigError naming the setting."""
-        _check("RELAY_HTTP_PORT", self.http_port, 0 <= self.http_port <= 65535)
-        _check("RELAY_METRICS_PORT", self.metrics_port, 0 <= self.metrics_port <= 65535)
-        _check("RELAY_MAX_BODY_BYTES", self.max_body_bytes, self.max_body_bytes > 0)
-        _check("RELAY_ACK_TIMEOUT_MS", self.ack_timeout_ms, 0 < self.ack_timeout_ms <= 60_000)
-        _check("RELAY_MAX_IN_FLIGHT", self.max_in_flight, self.max_in_flight > 0)
-        _check("RELAY_KAFKA_LINGER_MS", self.kafka_linger_ms, self.kafka_linger_ms >= 0)
-        _check("RELAY_RETRY_AFTER_S", self.retry_after_s, self.retry_after_s >= 0)
-        _check("RELAY_DEDUP_WINDOW", self.dedup_window, self.dedup_window >= 0)
-        _check(
-            "RELAY_UNAVAILABLE_STATUS",
-            self.unavailable_status,
-            self.unavailable_status in (429, 503),
-        )
-        _check(
-            "RELAY_KAFKA_BOOTSTRAP_SERVERS",
-            ",".join(self.kafka_bootstrap_servers),
-            bool(self.kafka_bootstrap_servers),
-        )
-        for name, value in (
-            ("RELAY_TOPIC_PARTITIONS", self.topic_partitions),
-            ("RELAY_TOPIC_REPLICATION_FACTOR", self.topic_replication_factor),
+        for name, ok in (
+            ("http_port", 0 <= self.http_port <= 65535),
+            ("metrics_port", 0 <= self.metrics_port <= 65535),
+            ("max_body_bytes", self.max_body_bytes > 0),
+            ("ack_timeout_ms", 0 < self.ack_timeout_ms <= 60_000),
+            ("max_in_flight", self.max_in_flight > 0),
+            ("kafka_linger_ms", self.kafka_linger_ms >= 0),
+            ("retry_after_s", self.retry_after_s >= 0),
+            ("dedup_window", self.dedup_window >= 0),
+            ("unavailable_status", self.unavailable_status in (429, 503)),
+            ("kafka_bootstrap_servers", bool(self.kafka_bootstrap_servers)),
+            ("topic_partitions", self.topic_partitions is None or self.topic_partitions > 0),
+            (
+                "topic_replication_factor",
+                self.topic_replication_factor is None or self.topic_replication_factor > 0,
+            ),
+            ("kafka_security_protocol", self.kafka_security_protocol in _SECURITY_PROTOCOLS),
+            ("kafka_sasl_mechanism", self.kafka_sasl_mechanism in _SASL_MECHANISMS),
+            ("log_level", self.log_level in _LOG_LEVELS),
+            ("ready_check_interval_s", self.ready_check_interval_s > 0),
+            ("drain_delay_s", self.drain_delay_s >= 0),
+            ("shutdown_grace_s", self.shutdown_grace_s > self.drain_delay_s),
         ):
-            _check(name, value, value is None or value > 0)
+            if not ok:
+                raise ConfigError(f"{_describe(self, name)}: out of range or not allowed")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("RELAY_TLS_CERT_FILE and RELAY_TLS_KEY_FILE go together")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ConfigError(
+                f"RELAY_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "RELAY_KAFKA_SASL_USERNAME and RELAY_KAFKA_SASL_PASSWORD(_FILE)"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ConfigError("RELAY_KAFKA_SSL_CERTFILE and RELAY_KAFKA_SSL_KEYFILE go together")
+        for name in ("tls_cert_file", "tls_key_file", "kafka_ssl_cafile", "kafka_ssl_certfile",
+                     "kafka_ssl_keyfile", "kafka_sasl_password_file"):  # fmt: skip
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{_describe(self, name)}: no such file")
 
 
-def _check(name: str, value: object, ok: bool) -> None:
-    if not ok:
-        raise ConfigError(f"{name}={value}: out of range")
+def _describe(settings: Settings, name: str) -> str:
+    """``RELAY_NAME=value``, the way a user would have written the setting."""
+    value = getattr(settings, name)
+    if isinstance(value, tuple):
+        value = ",".join(str(v) for v in value)
+    return f"RELAY_{name.upper()}={value}"
 
 
-def _cast(name: str, raw: str, cast: Callable[[str], T]) -> T:
+def _read_file(path: Path, *, required: bool) -> dict[str, object]:
+    """The config file's keys, cast like the environment; {} if absent and not required."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{CONFIG_FILE_VARIABLE}={path}: no such file") from None
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    values: dict[str, object] = {}
+    for name, raw in data.items():
+        if name in _SECRETS:
+            raise ConfigError(
+                f"{path}: {name} is a secret: set RELAY_{name.upper()} or {name}_file instead"
+            )
+        if name not in _CASTS:
+            raise ConfigError(f"{path}: unknown setting {name!r}")
+        values[name] = _cast(f"{path}: {name}", _as_text(raw), _CASTS[name])
+    return values
+
+
+def _read_secret(path: Path) -> str:
+    """A secret kept in a file (a mounted Kubernetes Secret), read once at start-up."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"RELAY_KAFKA_SASL_PASSWORD_FILE={path}: {exc}") from None
+
+
+def _as_text(raw: object) -> str:
+    """A TOML value as the text an environment variable would hold."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, list):
+        return ",".join(str(item) for item in raw)
+    return str(raw)
+
+
+def _cast(where: str, raw: str, cast: Callable[[str], T]) -> T:
     try:
         return cast(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+        raise ConfigError(f"{where}={raw!r}: {exc}") from None
 
 
 def _bool(raw: str) -> bool:
@@ -113,8 +211,23 @@ def _int(raw: str) -> int:
         raise ValueError("expected an integer") from None
 
 
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
 def _optional_int(raw: str) -> int | None:
     return None if raw == "" else _int(raw)
+
+
+def _optional_path(raw: str) -> Path | None:
+    return None if raw == "" else Path(raw)
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw or None
 
 
 def _list(raw: str) -> tuple[str, ...]:
@@ -131,10 +244,16 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _upper(raw: str) -> str:
+    return _text(raw).upper()
+
+
 _CASTS: dict[str, Callable[[str], object]] = {
     "http_host": _text,
     "http_port": _int,
     "metrics_port": _int,
+    "tls_cert_file": _optional_path,
+    "tls_key_file": _optional_path,
     "max_body_bytes": _int,
     "accept_legacy_rsa": _bool,
     "public_keys": _paths,
@@ -144,6 +263,14 @@ _CASTS: dict[str, Callable[[str], object]] = {
     "topic_partitions": _optional_int,
     "topic_replication_factor": _optional_int,
     "kafka_bootstrap_servers": _list,
+    "kafka_security_protocol": _upper,
+    "kafka_ssl_cafile": _optional_path,
+    "kafka_ssl_certfile": _optional_path,
+    "kafka_ssl_keyfile": _optional_path,
+    "kafka_sasl_mechanism": _upper,
+    "kafka_sasl_username": _optional_text,
+    "kafka_sasl_password": _optional_text,
+    "kafka_sasl_password_file": _optional_path,
     "kafka_linger_ms": _int,
     "ack_timeout_ms": _int,
     "max_in_flight": _int,
@@ -151,4 +278,8 @@ _CASTS: dict[str, Callable[[str], object]] = {
     "retry_after_s": _int,
     "dedup_window": _int,
     "ce_source": _text,
+    "ready_check_interval_s": _float,
+    "drain_delay_s": _float,
+    "shutdown_grace_s": _float,
+    "log_level": _upper,
 }

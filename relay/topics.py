@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -30,13 +31,16 @@ async def _broker_defaults(admin: AIOKafkaAdminClient) -> dict[str, int]:
 
 
 async def ensure_topics(
-    bootstrap: Sequence[str], names: Sequence[str], partitions: int | None, replication: int | None
+    client_options: dict[str, Any],
+    names: Sequence[str],
+    partitions: int | None,
+    replication: int | None,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 
     Raises the aiokafka error of the first topic the cluster refused for another reason.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=list(bootstrap))
+    admin = AIOKafkaAdminClient(**client_options)
     await admin.start()
     try:
         if partitions is None or replication is None:

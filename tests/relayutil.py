@@ -8,10 +8,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from relay.samples import SAMPLES
 from relay.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PAYLOADS = Path(__file__).resolve().parent / "payloads"
+PAYLOADS = SAMPLES
 
 
 @dataclass(frozen=True)

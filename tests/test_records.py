@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from relay.records import DEFAULT_SOURCE, Record, build_record, idempotency_key, partition_key
 from relay.routing import Kind, Routes, load_routes, parse_event, route
+from relay.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES_TOML = ROOT / "config" / "routes.toml"
-PAYLOADS = Path(__file__).resolve().parent / "payloads"
+PAYLOADS = SAMPLES
 PREFIX = "hoopai"
 RECEIVED_AT = datetime(2026, 9, 2, 10, 11, 12, 345678, tzinfo=UTC)
 SIGNATURE = "c2lnbmF0dXJl"  # base64, as received
