@@ -3,12 +3,17 @@
 No registry we reach ships a Kafka distribution, but Maven Central has every jar of one.
 ``fetch`` resolves them once into a cache outside the repo; ``up``/``cluster-up`` format
 and start combined broker+controller nodes and wait until each answers a Metadata request.
+The single broker also has a SASL/SCRAM listener; its one user's password is generated at
+format time and kept beside the data, never in the repo (:func:`scram_credentials`).
 
 Layout (``HOOPAI_KAFKA_HOME``, default ``$TMPDIR/hoopai-relay-kafka``)::
 
     <home>/<cluster>/cluster.id
+    <home>/<cluster>/scram.password           the SCRAM user's password (single only), 0600
     <home>/<cluster>/node-<id>/{server.properties,log4j2.properties,pid,server.log,stdout.log}
     <home>/<cluster>/node-<id>/data/          removed by ``down``; the logs stay
+
+``down`` also removes ``cluster.id`` and ``scram.password``: the next ``up`` starts afresh.
 
 Standard library only, so it runs before the project's virtualenv exists and the pytest
 fixtures can import it (``tests/conftest.py``).
@@ -20,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +44,10 @@ DEFAULT_KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
+SCRAM_USER = "relay"
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+# The SASL listener's name in server.properties (its security protocol is SASL_PLAINTEXT).
+_SCRAM_LISTENER = "SCRAM"
 
 # Brokers this process started. Kept so they are reaped on stop and not garbage-collected
 # while running (Popen warns about that); the pid files stay the source of truth.
@@ -55,6 +65,8 @@ class Node:
     node_id: int
     port: int
     controller_port: int
+    #: a SASL_PLAINTEXT listener taking SCRAM-SHA-256/512, if the node has one
+    sasl_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,12 @@ class Cluster:
         """The bootstrap list a client uses."""
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """The bootstrap list of the SCRAM listeners, or None if the nodes have none."""
+        ports = [n.sasl_port for n in self.nodes if n.sasl_port is not None]
+        return ",".join(f"127.0.0.1:{p}" for p in ports) or None
+
     def node(self, node_id: int) -> Node:
         """The node with this id."""
         for n in self.nodes:
@@ -80,7 +98,7 @@ class Cluster:
 
 
 CLUSTERS = {
-    "single": Cluster("single", (Node(1, 9092, 9093),), 1, 1),
+    "single": Cluster("single", (Node(1, 9092, 9093, sasl_port=9094),), 1, 1),
     "cluster": Cluster(
         "cluster",
         (Node(1, 19092, 19192), Node(2, 19093, 19193), Node(3, 19094, 19194)),
@@ -117,6 +135,35 @@ def log_path(cluster: Cluster, node: Node) -> Path:
     return node_dir(cluster, node) / "server.log"
 
 
+def scram_password_file(cluster: Cluster) -> Path:
+    """Where the SCRAM user's password is kept (created when the storage is formatted)."""
+    return home() / cluster.name / "scram.password"
+
+
+def scram_credentials(cluster: Cluster) -> tuple[str, str] | None:
+    """``(user, password)`` for the cluster's SCRAM listener; None without one or unformatted."""
+    if cluster.sasl_bootstrap is None:
+        return None
+    try:
+        password = scram_password_file(cluster).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return (SCRAM_USER, password) if password else None
+
+
+def _scram_password(cluster: Cluster) -> str:
+    """The SCRAM password, generated once per formatted cluster (0600, never in the repo)."""
+    path = scram_password_file(cluster)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # token_urlsafe: no ',', ']' or '=' that would end --add-scram's value early.
+        with contextlib.suppress(FileExistsError):  # O_EXCL: born 0600, never overwritten
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
 def fetch() -> Path:
     """Resolve the broker's jars with Maven, once; return the ``libs`` directory."""
     libs = cache_dir() / "libs"
@@ -143,15 +190,27 @@ def fetch() -> Path:
 def _properties(cluster: Cluster, node: Node, data: Path) -> str:
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster.nodes)
     rf, isr = cluster.replication_factor, cluster.min_insync_replicas
+    listeners = [f"PLAINTEXT://127.0.0.1:{node.port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    sasl: dict[str, object] = {}
+    if node.sasl_port is not None:
+        # Clients only: brokers and controllers keep talking PLAINTEXT to each other.
+        listeners.append(f"{_SCRAM_LISTENER}://127.0.0.1:{node.sasl_port}")
+        protocols.append(f"{_SCRAM_LISTENER}:SASL_PLAINTEXT")
+        sasl["sasl.enabled.mechanisms"] = ",".join(SCRAM_MECHANISMS)
+        for mechanism in SCRAM_MECHANISMS:
+            key = f"listener.name.{_SCRAM_LISTENER.lower()}.{mechanism.lower()}.sasl.jaas.config"
+            sasl[key] = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     props = {
         "process.roles": "broker,controller",
         "node.id": node.node_id,
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{node.controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
+        **sasl,
         "log.dirs": data,
         "num.partitions": 3,
         "default.replication.factor": rf,
@@ -188,7 +247,10 @@ def _cluster_id(cluster: Cluster) -> str:
     path = home() / cluster.name / "cluster.id"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        new_id = "-"
+        while new_id.startswith("-"):  # as Kafka's Uuid.randomUuid: "-..." reads as an option
+            new_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(new_id)
     return path.read_text().strip()
 
 
@@ -214,9 +276,22 @@ def _prepare(cluster: Cluster, node: Node, libs: Path) -> Path:
     nd.mkdir(parents=True, exist_ok=True)
     (nd / "server.properties").write_text(_properties(cluster, node, data))
     (nd / "log4j2.properties").write_text(_LOG4J2.format(log=nd / "server.log"))
-    if not (data / "meta.properties").exists():
-        cmd = _java(libs, nd, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                    "-t", _cluster_id(cluster), "-c", str(nd / "server.properties"))  # fmt: skip
+    formatted = (data / "meta.properties").exists()
+    if formatted and node.sasl_port is not None and scram_credentials(cluster) is None:
+        # Formatted before the SCRAM listener existed: its metadata has no SCRAM user, and
+        # only formatting adds one. The data is a disposable test broker's; start afresh.
+        print(f"localkafka: {data} has no SCRAM credentials; formatting it again", flush=True)
+        shutil.rmtree(data)
+        formatted = False
+    if not formatted:
+        # --cluster-id=ID, not -t ID: an id made elsewhere may start with "-".
+        args = ["format", "--ignore-formatted", f"--cluster-id={_cluster_id(cluster)}",
+                "-c", str(nd / "server.properties")]  # fmt: skip
+        if node.sasl_port is not None:
+            password = _scram_password(cluster)
+            for mechanism in SCRAM_MECHANISMS:
+                args += ["--add-scram", f"{mechanism}=[name={SCRAM_USER},password={password}]"]
+        cmd = _java(libs, nd, "kafka.tools.StorageTool", *args)
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise KafkaHarnessError(f"formatting node {node.node_id} failed:\n{out.stderr}")
@@ -401,6 +476,7 @@ def down(cluster: Cluster) -> None:
         (nd / "pid").unlink(missing_ok=True)
         shutil.rmtree(nd / "data", ignore_errors=True)
     (home() / cluster.name / "cluster.id").unlink(missing_ok=True)
+    scram_password_file(cluster).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -429,6 +505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n in cluster.nodes:
                     print(f"node {n.node_id} :{n.port} pid={_read_pid(cluster, n)} "
                           f"metadata={metadata_brokers(n.port)}")  # fmt: skip
+                if cluster.sasl_bootstrap is not None:
+                    found = "" if scram_credentials(cluster) else " (not formatted yet)"
+                    print(f"scram {cluster.sasl_bootstrap} SASL_PLAINTEXT "
+                          f"{'/'.join(SCRAM_MECHANISMS)} user={SCRAM_USER} "
+                          f"password_file={scram_password_file(cluster)}{found}")  # fmt: skip
             case "logs":
                 print(logs(cluster))
             case "start" | "kill":

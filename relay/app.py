@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import appkeys, ingress
+from relay import appkeys, health, ingress
 from relay.dedup import RecentIds
 from relay.errors import ConfigError
+from relay.health import Health
 from relay.metrics import Metrics
 from relay.publisher import Publisher
 from relay.routing import Routes, RoutesError, all_topics, load_routes
@@ -58,9 +59,12 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.ROUTES] = load_routing(settings)
     app[appkeys.METRICS] = Metrics()
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
+    app[appkeys.HEALTH] = Health()
     app.cleanup_ctx.append(_publisher_ctx)
+    app.cleanup_ctx.append(health.probe_ctx)
     app.router.add_post(WEBHOOK_PATH, ingress.receive)
-    app.router.add_get("/healthz", ingress.healthz)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.dedup import RecentIds
+from relay.health import Health
 from relay.metrics import Metrics
 from relay.publisher import Publisher
 from relay.routing import Routes
@@ -17,3 +18,4 @@ ROUTES = web.AppKey("routes", Routes)
 METRICS = web.AppKey("metrics", Metrics)
 RECENT_IDS = web.AppKey("recent_ids", RecentIds)
 PUBLISHER = web.AppKey("publisher", Publisher)
+HEALTH = web.AppKey("health", Health)

@@ -52,3 +52,8 @@ class ProduceFailed(PublishError):
     """Kafka (or the client) refused the record."""
 
     label = "produce_failed"
+
+    def __init__(self, message: str, *, kafka_error: str) -> None:
+        super().__init__(message)
+        #: the aiokafka error class: a closed set defined by the library, safe as a label
+        self.kafka_error = kafka_error

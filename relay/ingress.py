@@ -9,17 +9,20 @@ with the retryable status when Kafka cannot take it in time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
 from relay import appkeys
-from relay.errors import PublishError
+from relay.errors import ProduceFailed, PublishError
 from relay.metrics import Outcome
 from relay.records import build_record, idempotency_key
 from relay.routing import Kind, metric_type, parse_event, route
 from relay.signatures import Reason, Rejected, Verified, verify
+
+log = logging.getLogger(__name__)
 
 _NO_TYPE = "none"
 _KIND_OUTCOME = {
@@ -45,8 +48,13 @@ async def receive(request: web.Request) -> web.Response:
     """Verify, route and publish one delivery; 2xx only once Kafka acknowledged it."""
     started = time.monotonic()
     outcome, response = await _handle(request)
-    metrics = request.app[appkeys.METRICS]
-    metrics.request_seconds.labels(outcome=outcome.value).observe(time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    request.app[appkeys.METRICS].request_seconds.labels(outcome=outcome.value).observe(elapsed)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "request",
+            extra={"outcome": outcome.value, "status": response.status, "seconds": elapsed},
+        )
     return response
 
 
@@ -91,6 +99,7 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
     metrics.verify_seconds.observe(time.perf_counter() - verify_started)
     if isinstance(verdict, Rejected):
         metrics.unauthenticated.labels(reason=verdict.reason.value).inc()
+        log.info("unauthenticated", extra={"reason": verdict.reason.value, "peer": request.remote})
         return done(401, Outcome.UNAUTHENTICATED, _NO_TYPE, reason=verdict.reason.value)
 
     event = parse_event(body)
@@ -117,6 +126,9 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         ack = await publisher.publish(record, deadline)
     except PublishError as exc:
         metrics.unavailable.labels(cause=exc.label).inc()
+        if isinstance(exc, ProduceFailed):
+            metrics.producer_errors.labels(error=exc.kafka_error).inc()
+        log.warning("not acknowledged", extra={"cause": exc.label, "detail": str(exc)})
         answer = done(settings.unavailable_status, Outcome.UNAVAILABLE, event_type, error=exc.label)
         answer[1].headers[hdrs.RETRY_AFTER] = str(settings.retry_after_s)
         return answer
@@ -133,9 +145,3 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         partition=ack.partition,
         offset=ack.offset,
     )
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the event loop answers."""
-    await asyncio.sleep(0)
-    return web.json_response({"status": "ok"})

@@ -52,6 +52,12 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.producer_errors = Counter(
+            "relay_kafka_producer_errors",
+            "Records the producer failed to deliver, by aiokafka error class.",
+            ["error"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "relay_request_duration_seconds",
             "Time from the request's headers to its answer, by outcome.",

@@ -94,6 +94,18 @@ class Publisher:
             log.info("kafka producer started")
             return
 
+    async def probe(self, timeout_s: float) -> bool:
+        """Whether some broker answers a metadata request within ``timeout_s``."""
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await producer.client.fetch_all_metadata()
+        except (TimeoutError, KafkaError):
+            return False
+        return True
+
     async def close(self) -> None:
         """Flush what the producer holds and stop it."""
         if self._producer is not None:
@@ -118,6 +130,6 @@ class Publisher:
         except (TimeoutError, KafkaTimeoutError):
             raise AckTimeout("no ack before the deadline") from None
         except KafkaError as exc:
-            raise ProduceFailed(type(exc).__name__) from exc
+            raise ProduceFailed(str(exc), kafka_error=type(exc).__name__) from exc
         finally:
             self._in_flight -= 1

@@ -1,44 +1,118 @@
-"""Running the applications on real sockets: for ``relay serve`` and for the tests."""
+"""Running the applications on real sockets: ``relay serve``, and the tests.
+
+Shutdown, on SIGTERM or SIGINT, within ``shutdown_grace_s`` (default 25 s, under the
+30 s Kubernetes waits before SIGKILL):
+
+1. readiness answers 503, so the load balancer stops sending new requests;
+2. requests are still served for ``drain_delay_s`` while it notices;
+3. the listener closes and in-flight requests finish (each within its ack deadline);
+4. the producer flushes what it holds, and the process exits 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import ssl
+import time
 
 from aiohttp import web
 
 from relay import appkeys
 from relay.app import create_app, create_metrics_app
+from relay.errors import ConfigError
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context for the webhook port, or None for plain HTTP."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"RELAY_TLS_CERT_FILE={settings.tls_cert_file}, "
+            f"RELAY_TLS_KEY_FILE={settings.tls_key_file}: {exc}"
+        ) from None
+    return context
+
+
+async def start(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = 60.0,
+) -> web.AppRunner:
     """Serve ``app`` on host:port (0 picks a free port; see ``runner.addresses``)."""
     # auto_decompress=False: the body must be the bytes on the wire, which the signature
     # covers; encoded bodies are refused with 415 before they are read.
-    runner = web.AppRunner(app, auto_decompress=False, access_log=None)
+    runner = web.AppRunner(
+        app, auto_decompress=False, access_log=None, shutdown_timeout=shutdown_timeout
+    )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    site = web.TCPSite(
+        runner, host, port, ssl_context=ssl_context, shutdown_timeout=shutdown_timeout
+    )
+    await site.start()
     return runner
 
 
 async def serve(settings: Settings) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
+    """Run the relay until SIGTERM or SIGINT, then shut down as the module says."""
     app = create_app(settings)
+    context = tls_context(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await start(app, settings.http_host, settings.http_port)
+    # What is left of the grace after the drain delay, minus a margin for the flush.
+    in_flight_timeout = max(settings.shutdown_grace_s - settings.drain_delay_s - 2.0, 1.0)
+    runner = await start(
+        app,
+        settings.http_host,
+        settings.http_port,
+        ssl_context=context,
+        shutdown_timeout=in_flight_timeout,
+    )
     metrics_runner = await start(
         create_metrics_app(app[appkeys.METRICS]), settings.http_host, settings.metrics_port
     )
-    log.info("listening on %s, metrics on %s", runner.addresses, metrics_runner.addresses)
+    log.info(
+        "listening",
+        extra={
+            "event": "startup",
+            "http": runner.addresses[0][:2],
+            "tls": context is not None,
+            "metrics": metrics_runner.addresses[0][:2],
+        },
+    )
+    await stop.wait()
+    began = time.monotonic()
+    app[appkeys.HEALTH].shutting_down = True
+    log.info(
+        "shutdown: draining", extra={"event": "shutdown", "drain_delay_s": settings.drain_delay_s}
+    )
+    await asyncio.sleep(settings.drain_delay_s)
+    log.info(
+        "shutdown: closing the listener, finishing in-flight requests", extra={"event": "shutdown"}
+    )
     try:
-        await stop.wait()
+        async with asyncio.timeout(settings.shutdown_grace_s - settings.drain_delay_s):
+            await runner.cleanup()  # then the cleanup contexts: the producer flushes
+    except TimeoutError:
+        log.error("shutdown: grace exceeded", extra={"event": "shutdown"})
+        raise
     finally:
         await metrics_runner.cleanup()
-        await runner.cleanup()
+    log.info(
+        "shutdown: done",
+        extra={"event": "shutdown", "seconds": round(time.monotonic() - began, 3)},
+    )

@@ -27,7 +27,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: settings that may only come from the environment (or a file named in the config)
-_SECRETS = frozenset({"kafka_sasl_password"})
+SECRET_SETTINGS = frozenset({"kafka_sasl_password"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,7 @@ def _read_file(path: Path, *, required: bool) -> dict[str, object]:
         raise ConfigError(f"{path}: {exc}") from None
     values: dict[str, object] = {}
     for name, raw in data.items():
-        if name in _SECRETS:
+        if name in SECRET_SETTINGS:
             raise ConfigError(
                 f"{path}: {name} is a secret: set RELAY_{name.upper()} or {name}_file instead"
             )

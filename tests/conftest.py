@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import localkafka  # dev/, on the path by pytest's `pythonpath` setting
 import pytest
 from aiohttp import web
@@ -127,14 +128,30 @@ async def start_relay(
         settings = dataclasses.replace(settings, **overrides)
         settings.validate()
         app = create_app(settings)
-        runner = await server.start(app, settings.http_host, settings.http_port)
+        runner = await server.start(
+            app, settings.http_host, settings.http_port, ssl_context=server.tls_context(settings)
+        )
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         if wait_connected:
             async with asyncio.timeout(30):
                 await app[appkeys.PUBLISHER].wait_connected()
-        return RunningRelay(f"http://{host}:{port}", app, settings)
+        scheme = "https" if settings.tls_cert_file else "http"
+        return RunningRelay(f"{scheme}://{host}:{port}", app, settings)
 
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client with a bounded total time per request."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+@pytest.fixture
+async def relay(start_relay: StartRelay) -> RunningRelay:
+    """A relay with default behaviour and topics of its own."""
+    return await start_relay()

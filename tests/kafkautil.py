@@ -43,3 +43,20 @@ async def describe_partitions(bootstrap: str, topic: str) -> list[dict[str, Any]
         await admin.close()
     partitions: list[dict[str, Any]] = described["partitions"]
     return partitions
+
+
+async def consume_all(bootstrap: str, topic: str) -> list[Any]:
+    """Read ``topic`` from the beginning until 3 s pass without a record (at most 60 s)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(60):
+            while batches := await consumer.getmany(timeout_ms=3000):
+                for batch in batches.values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records

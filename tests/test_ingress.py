@@ -48,19 +48,6 @@ def headers_of(record: Any) -> dict[str, bytes]:
     return {name: bytes(value) for name, value in record.headers}
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client with a bounded total time per request."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        yield session
-
-
-@pytest.fixture
-async def relay(start_relay: StartRelay) -> RunningRelay:
-    """A relay with default behaviour and topics of its own."""
-    return await start_relay()
-
-
 async def post(
     http: aiohttp.ClientSession, relay: RunningRelay, body: bytes, **headers: str
 ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:

@@ -1,9 +1,11 @@
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from relay.errors import ConfigError
-from relay.settings import Settings
+from relay.settings import SECRET_SETTINGS, Settings
 
 
 def test_defaults_without_environment() -> None:
@@ -56,3 +58,92 @@ def test_bad_value_names_the_setting(name: str, value: str) -> None:
     """A bad value raises ConfigError whose message names the variable."""
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_shipped_config_file_is_valid_and_all_defaults() -> None:
+    """config/relay.toml loads, and (all commented) changes no default."""
+    path = Path(__file__).resolve().parent.parent / "config" / "relay.toml"
+    assert Settings.load({"RELAY_CONFIG_FILE": str(path)}) == Settings()
+
+
+def test_every_setting_is_in_the_shipped_config_file_and_the_readme() -> None:
+    """Each field appears in config/relay.toml and in the README's settings table."""
+    root = Path(__file__).resolve().parent.parent
+    config = (root / "config" / "relay.toml").read_text()
+    readme = (root / "README.md").read_text()
+    for field in dataclasses.fields(Settings):
+        if field.name not in SECRET_SETTINGS:  # secrets may not be in the file at all
+            assert f"# {field.name} = " in config, field.name
+        assert f"| `RELAY_{field.name.upper()}` |" in readme, field.name
+
+
+def test_environment_beats_the_file_which_beats_defaults(tmp_path: Path) -> None:
+    """RELAY_* overrides the config file; the file overrides defaults; typed TOML values work."""
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        'http_port = 9000\nmetrics_port = 9100\nkafka_bootstrap_servers = ["a:1", "b:2"]\n'
+        "accept_legacy_rsa = true\n"
+    )
+    settings = Settings.load({"RELAY_CONFIG_FILE": str(path), "RELAY_HTTP_PORT": "9001"})
+    assert settings.http_port == 9001
+    assert settings.metrics_port == 9100
+    assert settings.kafka_bootstrap_servers == ("a:1", "b:2")
+    assert settings.accept_legacy_rsa is True
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("htp_port = 1\n", "unknown setting 'htp_port'"),
+        ('kafka_sasl_password = "x"\n', "kafka_sasl_password is a secret"),
+        ('http_port = "abc"\n', "http_port='abc'"),
+        ("not toml [", "relay.toml"),
+    ],
+)
+def test_bad_config_file_names_the_key(tmp_path: Path, content: str, message: str) -> None:
+    """A config file with a typo, a secret, a bad value or bad syntax is refused, named."""
+    path = tmp_path / "relay.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.load({"RELAY_CONFIG_FILE": str(path)})
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
+    """RELAY_CONFIG_FILE naming a missing file fails; the default path may be absent."""
+    with pytest.raises(ConfigError, match="RELAY_CONFIG_FILE"):
+        Settings.load({"RELAY_CONFIG_FILE": str(tmp_path / "nope.toml")})
+
+
+def test_password_from_a_file_and_hidden_from_repr(tmp_path: Path) -> None:
+    """The SASL password is read once from its file and never shown by repr()."""
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-from-file\n")
+    settings = Settings.from_env(
+        {
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext",
+            "RELAY_KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "RELAY_KAFKA_SASL_USERNAME": "relay",
+            "RELAY_KAFKA_SASL_PASSWORD_FILE": str(secret),
+        }
+    )
+    assert settings.kafka_sasl_password == "s3cret-from-file"
+    assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    assert "s3cret" not in repr(settings)
+
+
+def test_sasl_without_credentials_is_refused() -> None:
+    """SASL without a username and password fails at start-up, naming the settings."""
+    with pytest.raises(ConfigError, match="RELAY_KAFKA_SASL_USERNAME"):
+        Settings.from_env({"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+
+
+def test_tls_files_go_together(tmp_path: Path) -> None:
+    """A certificate without its key (or a missing file) is refused at start-up."""
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="go together"):
+        Settings.from_env({"RELAY_TLS_CERT_FILE": str(cert)})
+    with pytest.raises(ConfigError, match=r"RELAY_TLS_KEY_FILE=.*no such file"):
+        Settings.from_env(
+            {"RELAY_TLS_CERT_FILE": str(cert), "RELAY_TLS_KEY_FILE": str(tmp_path / "k")}
+        )
