@@ -7,14 +7,39 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from relay import __version__, logs
+from aiokafka.errors import KafkaError
+
+from relay import __version__, checkconfig, keygen, logs, send, tail
+from relay.app import load_keys, load_routing
 from relay.errors import ConfigError
-from relay.server import serve
+from relay.samples import sample, sample_names
+from relay.server import serve, tls_context
 from relay.settings import Settings
 
 #: exit status for bad configuration, as for a usage error
 EXIT_CONFIG = 2
+#: exit status for a bad argument of a command (a missing key, an unknown sample)
+EXIT_USAGE = 2
+#: exit status after Ctrl-C, as a shell reports it
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(raw: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw}: must be at least 1")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    value = float(raw)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{raw}: must be above 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +50,98 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hoopai-relay {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("serve", help="run the webhook ingress (settings from RELAY_* variables)")
+    commands.add_parser(
+        "serve", help="run the webhook ingress (settings from RELAY_* variables)"
+    ).set_defaults(run=_serve)
+    commands.add_parser(
+        "check-config",
+        help="load and validate the settings, keys and routes as serve does; print a summary",
+    ).set_defaults(run=_check_config)
+    _add_keygen(commands.add_parser("keygen", help="write a dev key pair for `relay send`"))
+    _add_send(commands.add_parser("send", help="sign and POST a sample delivery, as HoopAI does"))
+    _add_tail(commands.add_parser("tail", help="print the records of the relay's topics"))
     return parser
+
+
+def _add_keygen(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``relay keygen``."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=keygen.DEFAULT_DIR,
+        metavar="DIR",
+        help=f"folder of the key files (default {keygen.DEFAULT_DIR})",
+    )
+    parser.add_argument("--rsa", action="store_true", help="also write an RSA-4096 pair")
+    parser.add_argument("--force", action="store_true", help="overwrite existing key files")
+    parser.set_defaults(run=_keygen)
+
+
+def _add_send(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``relay send``."""
+    body = parser.add_mutually_exclusive_group()
+    body.add_argument(
+        "--type",
+        default=send.DEFAULT_TYPE,
+        metavar="NAME",
+        help=f"a published sample event (default {send.DEFAULT_TYPE}; `list` lists them)",
+    )
+    body.add_argument(
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="a JSON object to send; any other content is sent as it is (dead-letter test)",
+    )
+    parser.add_argument(
+        "--key",
+        type=Path,
+        metavar="PATH",
+        help="private key PEM (default ed25519.key, or rsa.key with --rsa, "
+        f"in {keygen.DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--rsa",
+        action="store_true",
+        help="sign with the legacy RSA scheme (X-WH-Signature) instead of Ed25519",
+    )
+    parser.add_argument("--url", default=send.DEFAULT_URL, help=f"default {send.DEFAULT_URL}")
+    parser.add_argument("--location", metavar="ID", help="set the body's locationId")
+    tls = parser.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--cafile", type=Path, metavar="PATH", help="trust this CA (PEM) for an https --url"
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="INSECURE: do not verify the https server's certificate at all (for testing only)",
+    )
+    parser.add_argument(
+        "--count",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="send N deliveries, each with its own webhookId (default 1)",
+    )
+    parser.set_defaults(run=_send)
+
+
+def _add_tail(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``relay tail``."""
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the oldest record of each topic, not at the newest",
+    )
+    parser.add_argument(
+        "--max", type=_positive_int, metavar="N", help="stop after N records (exit 1 if fewer)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="stop after S seconds without a record (default: run until Ctrl-C)",
+    )
+    parser.set_defaults(run=_tail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,10 +152,92 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        settings = Settings.load(os.environ)
-        logs.configure(settings.log_level)
-        asyncio.run(serve(settings))
+        return int(args.run(args))
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``relay serve``: run until SIGTERM or SIGINT."""
+    settings = Settings.load(os.environ)
+    logs.configure(settings.log_level)
+    asyncio.run(serve(settings))
     return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """``relay check-config``: serve's loading and validation, then a summary."""
+    settings = Settings.load(os.environ)
+    keys = load_keys(settings)
+    routes = load_routing(settings)
+    tls_context(settings)  # serve loads the certificate and key as well
+    print("\n".join(checkconfig.summary(settings, keys, routes)))
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    """``relay keygen``: write the key pairs and say how to use them."""
+    try:
+        pairs = keygen.generate(args.out, with_rsa=args.rsa, force=args.force)
+    except OSError as exc:  # KeyFilesExist included
+        print(f"relay keygen: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(keygen.report(pairs)))
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    """``relay send``: 0 if every delivery was answered 2xx, 1 if not, 2 for bad arguments."""
+    if args.file is not None:
+        try:
+            raw = args.file.read_bytes()
+        except OSError as exc:
+            print(f"relay send: --file {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    elif args.type == "list":
+        print("\n".join(sample_names()))
+        return EXIT_USAGE
+    else:
+        try:
+            raw = sample(args.type)
+        except KeyError:
+            names = "\n".join(sample_names())
+            print(f"relay send: unknown --type {args.type}; one of:\n{names}", file=sys.stderr)
+            return EXIT_USAGE
+    make_body, is_object = send.bodies(raw, location=args.location)
+    if not is_object:
+        print(f"relay send: {args.file} is not a JSON object: sent as it is", file=sys.stderr)
+    key = args.key or keygen.DEFAULT_DIR / ("rsa.key" if args.rsa else "ed25519.key")
+    try:
+        signer = send.load_signer(key, legacy_rsa=args.rsa)
+        tls = send.tls_option(args.url, cafile=args.cafile, insecure=args.insecure)
+    except send.SendError as exc:
+        print(f"relay send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ok = asyncio.run(send.deliver(args.url, make_body, signer, count=args.count, tls=tls))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0 if ok else 1
+
+
+def _tail(args: argparse.Namespace) -> int:
+    """``relay tail``: 0, or 1 when ``--max`` records did not all come before the timeout."""
+    settings = Settings.load(os.environ)
+    try:
+        printed = asyncio.run(
+            tail.tail(
+                settings,
+                from_beginning=args.from_beginning,
+                max_records=args.max,
+                idle_timeout_s=args.timeout,
+            )
+        )
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except KafkaError as exc:
+        servers = ",".join(settings.kafka_bootstrap_servers)
+        print(f"relay tail: Kafka at {servers}: {exc}", file=sys.stderr)
+        return 1
+    return 1 if args.max is not None and printed < args.max else 0

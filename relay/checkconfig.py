@@ -1,0 +1,37 @@
+"""``relay check-config``: what ``relay serve`` would run with, without running it."""
+
+from __future__ import annotations
+
+from relay.routing import Routes, all_topics
+from relay.settings import Settings
+from relay.signatures import KeySet, spki_sha256
+
+
+def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
+    """A short, secret-free description of a loaded and validated configuration."""
+    scheme = "https" if settings.tls_cert_file else "http"
+    if settings.public_keys:
+        source = "RELAY_PUBLIC_KEYS=" + ",".join(str(path) for path in settings.public_keys)
+    else:
+        source = "the published HighLevel keys (relay/keys)"
+    legacy = "accepted" if settings.accept_legacy_rsa else "refused (RELAY_ACCEPT_LEGACY_RSA)"
+    security = settings.kafka_security_protocol
+    if security.startswith("SASL"):
+        security += f" ({settings.kafka_sasl_mechanism} as {settings.kafka_sasl_username})"
+    lines = [
+        "configuration OK",
+        f"listen:          {scheme}://{settings.http_host}:{settings.http_port}, "
+        f"metrics on port {settings.metrics_port}",
+        f"kafka:           {','.join(settings.kafka_bootstrap_servers)}",
+        f"security:        {security}",
+        f"topic prefix:    {settings.topic_prefix}",
+        f"routes file:     {settings.routes_file} "
+        f"({len(routes.families)} families, {len(routes.overrides)} exact types, "
+        f"{len(all_topics(routes))} topics)",
+        f"public keys:     {source}",
+        f"ed25519 keys:    {len(keys.ed25519)}",
+        *(f"  {spki_sha256(key)}" for key in keys.ed25519),
+        f"rsa keys:        {len(keys.rsa)}, legacy X-WH-Signature {legacy}",
+        *(f"  {spki_sha256(key)}" for key in keys.rsa),
+    ]
+    return lines

@@ -1,0 +1,157 @@
+"""``relay send``: a stand-in for HoopAI that signs deliveries and POSTs them to a relay.
+
+It signs with a private key of ``relay keygen`` (Ed25519, or the legacy RSA with ``--rsa``),
+so the relay under test must be started with the matching public key.
+"""
+
+from __future__ import annotations
+
+import io
+import ssl
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+
+import aiohttp
+import orjson
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from relay.sending import as_delivery, sign_ed25519, sign_rsa
+
+DEFAULT_URL: Final = "http://127.0.0.1:8080/webhooks/hoopai"
+DEFAULT_TYPE: Final = "ContactCreate"
+#: the whole request, connect to last byte of the answer (HighLevel itself waits about 5 s)
+TIMEOUT_S: Final = 10.0
+
+#: a function that returns the next body to send
+Bodies = Callable[[], bytes]
+
+
+class SendError(Exception):
+    """The delivery cannot be prepared: bad key, file or TLS option. The message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A private key and the signature header that goes with its scheme."""
+
+    key: Ed25519PrivateKey | RSAPrivateKey
+
+    @property
+    def header(self) -> str:
+        """``X-WH-Signature`` for the legacy RSA scheme, else ``X-GHL-Signature``."""
+        return "X-WH-Signature" if isinstance(self.key, RSAPrivateKey) else "X-GHL-Signature"
+
+    def sign(self, body: bytes) -> str:
+        """The header value for ``body``, as HighLevel computes it."""
+        if isinstance(self.key, RSAPrivateKey):
+            return sign_rsa(self.key, body)
+        return sign_ed25519(self.key, body)
+
+
+def load_signer(path: Path, *, legacy_rsa: bool) -> Signer:
+    """The private key in ``path`` (unencrypted PEM), which must fit the chosen scheme."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SendError(
+            f"--key {path}: unreadable ({exc.strerror or exc}); `relay keygen` writes one"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise SendError(f"--key {path}: not an unencrypted PEM private key ({exc})") from None
+    if legacy_rsa and not isinstance(key, RSAPrivateKey):
+        raise SendError(f"--key {path}: --rsa needs an RSA private key (`relay keygen --rsa`)")
+    if not legacy_rsa and isinstance(key, RSAPrivateKey):
+        raise SendError(f"--key {path}: an RSA key signs the legacy header: add --rsa")
+    if not isinstance(key, Ed25519PrivateKey | RSAPrivateKey):
+        raise SendError(f"--key {path}: {type(key).__name__} is neither Ed25519 nor RSA")
+    return Signer(key)
+
+
+def bodies(raw: bytes, *, location: str | None = None) -> tuple[Bodies, bool]:
+    """A factory of delivery bodies from ``raw``, and whether they are JSON objects.
+
+    A JSON object gets a fresh ``webhookId`` and ``timestamp`` per call (and ``locationId``
+    when given). Anything else is sent as it is, so that the dead-letter path can be tried.
+    """
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        return (lambda: raw), False
+    if location is not None:
+        payload["locationId"] = location
+    return (lambda: as_delivery(payload)), True
+
+
+def tls_option(url: str, *, cafile: Path | None, insecure: bool) -> ssl.SSLContext | bool:
+    """The ``ssl`` argument of aiohttp: verify (against ``cafile`` if given) unless ``insecure``."""
+    if insecure:
+        return False
+    if cafile is None:
+        return True
+    if not url.lower().startswith("https:"):
+        raise SendError("--cafile is for an https:// --url")
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        raise SendError(f"--cafile {cafile}: {exc}") from None
+
+
+#: control characters (which could break the line or drive the terminal) as escapes; tab
+#: and everything else, backslashes included, as they are: a compact JSON body stays JSON
+_ESCAPES: Final = str.maketrans(
+    {
+        **{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85) if code != 0x09},
+        0x0A: "\\n",
+        0x0D: "\\r",
+        0x2028: "\\u2028",
+        0x2029: "\\u2029",
+    }
+)
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped: one line."""
+    return text.translate(_ESCAPES)
+
+
+async def deliver(
+    url: str,
+    make_body: Bodies,
+    signer: Signer,
+    *,
+    count: int = 1,
+    tls: ssl.SSLContext | bool = True,
+    out: TextIO = sys.stdout,
+) -> bool:
+    """POST ``count`` signed bodies one after the other; print ``<status> <answer>`` for each.
+
+    True if every answer was 2xx. Stops at the first delivery that gets no answer at all.
+    """
+    all_ok = True
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    connector = aiohttp.TCPConnector(ssl=tls)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for _ in range(count):
+            body = make_body()
+            headers = {"Content-Type": "application/json", signer.header: signer.sign(body)}
+            try:
+                # BytesIO: aiohttp warns about large raw bytes bodies; the bytes sent are the same.
+                async with session.post(url, data=io.BytesIO(body), headers=headers) as response:
+                    answer = await response.text(errors="replace")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                print(f"error {one_line(reason)}", file=out, flush=True)
+                return False
+            print(f"{response.status} {one_line(answer.strip())}", file=out, flush=True)
+            all_ok = all_ok and 200 <= response.status < 300
+    return all_ok

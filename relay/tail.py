@@ -1,0 +1,148 @@
+"""``relay tail``: print the records of every topic of the relay, one line each.
+
+It reads with the relay's own connection settings (``RELAY_KAFKA_*``, TLS and SASL included)
+every topic named ``<RELAY_TOPIC_PREFIX>.<anything>``, including the topics that appear while
+it runs. It joins a consumer group of its own, with a random id, and never commits: it
+changes nothing for the real consumers.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any, Final, TextIO
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from relay.kafkaconf import client_options
+from relay.send import one_line
+from relay.settings import Settings
+
+#: how soon a topic created after the start is noticed (aiokafka's default is 5 minutes)
+METADATA_MAX_AGE_MS: Final = 3000
+#: longest single wait for records, so that --timeout is checked at least this often
+_POLL_MS: Final = 1000
+
+
+def topic_pattern(prefix: str) -> str:
+    """The regular expression of the relay's topics: ``<prefix>.`` and anything after it."""
+    return f"^{re.escape(prefix)}\\..*"
+
+
+def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str:
+    """A record header as text, ``-`` when absent."""
+    for key, value in headers:
+        if key == name:
+            return bytes(value).decode("utf-8", "replace")
+    return "-"
+
+
+def format_record(record: Any) -> str:
+    """``topic partition offset key ce_type ce_id body``, on one line."""
+    key = "-" if record.key is None else bytes(record.key).decode("utf-8", "replace")
+    body = b"" if record.value is None else bytes(record.value)
+    fields = [
+        record.topic,
+        str(record.partition),
+        str(record.offset),
+        key,
+        _header(record.headers, "ce_type"),
+        _header(record.headers, "ce_id"),
+        body.decode("utf-8", "replace"),
+    ]
+    return " ".join(one_line(field) for field in fields)
+
+
+class _KeepPositions(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Places each assigned partition where this tail left it, across rebalances.
+
+    Nothing is committed, so after a rebalance (a new topic appeared) the group would restart
+    every partition at its reset offset. Instead: a partition read before resumes where it
+    was; one present at the start begins at its end (or its beginning with
+    ``from_beginning``); one that appeared later begins at its beginning, since all of it is new.
+    """
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, pattern: str, *, from_beginning: bool, log: TextIO
+    ) -> None:
+        self.consumer = consumer
+        self.pattern = pattern
+        self.from_beginning = from_beginning
+        self.log = log
+        self.started = False
+        self.positions: dict[TopicPartition, int] = {}
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Nothing to do: the positions are kept as records are printed."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Seek every assigned partition to its kept, first or last position."""
+        new = [tp for tp in assigned if tp not in self.positions]
+        if new:
+            at_end = not self.started and not self.from_beginning
+            offsets = await (
+                self.consumer.end_offsets(new) if at_end else self.consumer.beginning_offsets(new)
+            )
+            self.positions.update(offsets)
+        self.started = True
+        for tp in assigned:
+            self.consumer.seek(tp, self.positions[tp])
+        topics = len({tp.topic for tp in assigned})
+        if topics:
+            note = f"reading {len(assigned)} partitions of {topics} topics matching"
+        else:
+            note = "waiting for a topic matching"
+        print(f"relay tail: {note} {self.pattern}", file=self.log, flush=True)
+
+
+async def tail(
+    settings: Settings,
+    *,
+    from_beginning: bool = False,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+    out: TextIO = sys.stdout,
+    log: TextIO = sys.stderr,
+) -> int:
+    """Print records until ``max_records`` were printed or none came for ``idle_timeout_s``.
+
+    Records go to ``out``, one line each; each (re)assignment of partitions is noted on
+    ``log``. Returns the number of records printed.
+    """
+    consumer = AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=f"relay-tail-{uuid.uuid4().hex}",
+        client_id="relay-tail",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
+    )
+    pattern = topic_pattern(settings.topic_prefix)
+    listener = _KeepPositions(consumer, pattern, from_beginning=from_beginning, log=log)
+    consumer.subscribe(pattern=pattern, listener=listener)
+    printed = 0
+    last_record = time.monotonic()
+    try:
+        await consumer.start()
+        while max_records is None or printed < max_records:
+            wait_ms = _POLL_MS
+            if idle_timeout_s is not None:
+                left = idle_timeout_s - (time.monotonic() - last_record)
+                if left <= 0:
+                    break
+                wait_ms = max(1, min(_POLL_MS, int(left * 1000)))
+            batches = await consumer.getmany(timeout_ms=wait_ms)
+            for tp, records in batches.items():
+                for record in records:
+                    if max_records is not None and printed >= max_records:
+                        break
+                    print(format_record(record), file=out, flush=True)
+                    listener.positions[tp] = record.offset + 1
+                    printed += 1
+                    last_record = time.monotonic()
+    finally:
+        await consumer.stop()
+    return printed
