@@ -3,14 +3,18 @@
 # Python 3.11+, Java 17+ and Maven installed.
 
 KAFKA_VERSION ?= 4.1.1
+HELM_VERSION ?= v3.19.0
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 LOCALKAFKA := $(PYTHON) dev/localkafka.py
-export KAFKA_VERSION
+# Helm is built once with the Go toolchain into a cache outside the repo, like the Kafka jars.
+HELM_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hoopai-relay/helm-$(HELM_VERSION)
+HELM := $(HELM_DIR)/helm
+export KAFKA_VERSION HELM
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
-        kafka-logs lint test run clean
+        kafka-logs helm lint lock test run clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,14 +45,28 @@ kafka-cluster-down:  ## stop the three brokers
 kafka-logs:  ## tail the logs of the local brokers
 	@$(LOCALKAFKA) logs; $(LOCALKAFKA) logs --cluster cluster
 
-lint: venv  ## ruff and mypy
+helm: $(HELM)  ## build the pinned Helm with Go (once, cached in ~/.cache)
+
+$(HELM):
+	GOBIN=$(HELM_DIR) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+lint: venv  ## ruff, mypy, hadolint and docker compose config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/docker-compose -f docker-compose.yml config --quiet
+
+lock: venv  ## regenerate requirements.lock, the image's pinned runtime dependencies
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o requirements.lock.new
+	{ sed -n '1,2p' requirements.lock; cat requirements.lock.new; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm requirements.lock.new
 
 # The pytest fixtures bring up the broker (and the cluster, for the tests that need it)
 # and stop only what they started: a broker you started with `make kafka-up` stays up.
-test: venv kafka-fetch lint  ## lint, then every test against real brokers
+test: venv kafka-fetch helm lint  ## lint, then every test against real brokers
 	$(BIN)/pytest
 
 run: venv kafka-up  ## the relay against the local broker
