@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import re
@@ -19,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from relay import __version__
 from relay.samples import sample_names
 from relay.signatures import load_public_keys, spki_sha256
 from relay.tail import format_record, topic_pattern
+from tests.certs import self_signed
 from tests.kafkautil import consume
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
@@ -283,44 +280,12 @@ def test_send_without_key_or_relay(tmp_path: Path, dev_keys: tuple[Path, str]) -
     assert nobody.stdout.startswith("error ")
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by its own key: (cert PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_send_over_https(
     tmp_path: Path, dev_keys: tuple[Path, str], start_relay: StartRelay
 ) -> None:
     """Over https: verified with --cafile, refused without it, accepted blindly with --insecure."""
     folder, _ = dev_keys
-    cert, cert_key = _self_signed(tmp_path)
+    cert, cert_key = self_signed(tmp_path)
     relay = await start_relay(
         public_keys=(folder / "ed25519.pem",), tls_cert_file=cert, tls_key_file=cert_key
     )
@@ -483,7 +448,7 @@ def test_check_config_summarises_a_valid_configuration(
     """check-config exits 0 and shows the address, Kafka, prefix, key pins and routes file."""
     folder, _ = dev_keys
     routes = ROOT / "config" / "routes.toml"
-    cert, cert_key = _self_signed(tmp_path)
+    cert, cert_key = self_signed(tmp_path)
     env = cli_env(
         RELAY_TLS_CERT_FILE=str(cert),
         RELAY_TLS_KEY_FILE=str(cert_key),

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 from pathlib import Path
 
 import aiohttp
 import localkafka
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import appkeys, server
@@ -24,6 +18,7 @@ from relay.metrics import Outcome
 from relay.routing import KNOWN_EVENT_TYPES
 from relay.sending import as_delivery, sign_ed25519
 from relay.signatures import Reason
+from tests.certs import self_signed
 from tests.relayutil import RunningRelay, StartRelay
 from tests.test_faults import stalled
 
@@ -132,37 +127,6 @@ async def test_metrics_scrape_names_and_closed_label_sets(
     assert "Evil" not in text
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, written as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_tls_ingress_with_a_self_signed_certificate(
     http: aiohttp.ClientSession,
     start_relay: StartRelay,
@@ -170,7 +134,7 @@ async def test_tls_ingress_with_a_self_signed_certificate(
     tmp_path: Path,
 ) -> None:
     """With a certificate configured the relay speaks HTTPS only; a client trusting it gets 200."""
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = self_signed(tmp_path)
     relay = await start_relay(tls_cert_file=cert_file, tls_key_file=key_file)
     assert relay.url.startswith("https://")
     trust = ssl.create_default_context(cafile=str(cert_file))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,12 @@ import aiohttp
 import localkafka
 import pytest
 from aiokafka import AIOKafkaConsumer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from relay.kafkaconf import client_options
 from relay.sending import as_delivery, sign_ed25519
 from relay.settings import Settings
+from tests.certs import self_signed
 from tests.relayutil import RunningRelay, StartRelay
 
 SINGLE = localkafka.CLUSTERS["single"]
@@ -119,22 +115,7 @@ async def test_wrong_scram_password_never_answers_2xx(
 
 def test_sasl_ssl_options_carry_sasl_and_a_verifying_tls_context(tmp_path: Path) -> None:
     """SASL_SSL gives aiokafka the SASL fields and a TLS context trusting the configured CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cafile = tmp_path / "ca.pem"
-    cafile.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cafile, _ = self_signed(tmp_path, common_name="test CA")
     settings = Settings(
         kafka_bootstrap_servers=("kafka.example:9093",),
         kafka_security_protocol="SASL_SSL",
