@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 
+from relay import appkeys, server
+from relay.app import create_metrics_app
 from relay.samples import SAMPLES
 from relay.settings import Settings
 
@@ -38,3 +41,15 @@ class StartRelay(Protocol):
 
     async def __call__(self, wait_connected: bool = True, **overrides: Any) -> RunningRelay:
         """Start a relay; wait until its producer has reached Kafka unless told not to."""
+
+
+async def scrape(http: aiohttp.ClientSession, relay: RunningRelay) -> str:
+    """The relay's /metrics text, served on a port of its own as ``relay serve`` does."""
+    runner = await server.start(create_metrics_app(relay.app[appkeys.METRICS]), "127.0.0.1", 0)
+    try:
+        host, port = runner.addresses[0][:2]
+        async with http.get(f"http://{host}:{port}/metrics") as response:
+            assert response.status == 200
+            return await response.text()
+    finally:
+        await runner.cleanup()

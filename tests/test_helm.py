@@ -29,14 +29,13 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import appkeys, server
-from relay.app import WEBHOOK_PATH, create_metrics_app, load_keys, load_routing
+from relay.app import WEBHOOK_PATH, load_keys, load_routing
 from relay.errors import PublishError
 from relay.metrics import Outcome
 from relay.sending import as_delivery, sign_ed25519
 from relay.settings import SECRET_SETTINGS, Settings
 from relay.signatures import Reason
-from tests.relayutil import ROOT, StartRelay
+from tests.relayutil import ROOT, StartRelay, scrape
 
 CHART = ROOT / "helm" / "hoopai-relay"
 CI_VALUES = {p.name.removesuffix("-values.yaml"): p for p in sorted(CHART.glob("ci/*-values.yaml"))}
@@ -712,32 +711,23 @@ async def test_monitoring_uses_only_what_the_relay_exports(
 ) -> None:
     """Every relay_* name and label in the alerts and the dashboard is in a real scrape."""
     relay = await start_relay(max_body_bytes=4 * 1024 * 1024)
-    runner = await server.start(create_metrics_app(relay.app[appkeys.METRICS]), "127.0.0.1", 0)
-    try:
-        accepted = as_delivery({"type": "ContactCreate", "locationId": "loc-mon"})
-        too_big = as_delivery(
-            {"type": "NoteCreate", "locationId": "loc-mon", "body": "n" * 2_000_000}
-        )
-        stranger = Ed25519PrivateKey.generate()
-        # 200, then 429 produce_failed (over the broker's message.max.bytes), then 401s.
-        for body, key, status in (
-            (accepted, ed25519_key, 200),
-            (too_big, ed25519_key, 429),
-            (accepted, stranger, 401),
-        ):
-            headers = {"X-GHL-Signature": sign_ed25519(key, body)}
-            # BytesIO: aiohttp warns about a large raw bytes body; the bytes sent are the same.
-            data = io.BytesIO(body)
-            async with http.post(relay.webhook_url, data=data, headers=headers) as response:
-                assert response.status == status
-        async with http.post(relay.webhook_url, data=b"{}") as response:
-            assert response.status == 401
-        host, port = runner.addresses[0][:2]
-        async with http.get(f"http://{host}:{port}/metrics") as response:
-            assert response.status == 200
-            text = await response.text()
-    finally:
-        await runner.cleanup()
+    accepted = as_delivery({"type": "ContactCreate", "locationId": "loc-mon"})
+    too_big = as_delivery({"type": "NoteCreate", "locationId": "loc-mon", "body": "n" * 2_000_000})
+    stranger = Ed25519PrivateKey.generate()
+    # 200, then 429 produce_failed (over the broker's message.max.bytes), then 401s.
+    for body, key, status in (
+        (accepted, ed25519_key, 200),
+        (too_big, ed25519_key, 429),
+        (accepted, stranger, 401),
+    ):
+        headers = {"X-GHL-Signature": sign_ed25519(key, body)}
+        # BytesIO: aiohttp warns about a large raw bytes body; the bytes sent are the same.
+        data = io.BytesIO(body)
+        async with http.post(relay.webhook_url, data=data, headers=headers) as response:
+            assert response.status == status
+    async with http.post(relay.webhook_url, data=b"{}") as response:
+        assert response.status == 401
+    text = await scrape(http, relay)
 
     families: set[str] = set()
     labels: dict[str, set[str]] = {}  # sample name -> its label names

@@ -12,14 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import appkeys, server
-from relay.app import create_metrics_app
+from relay import appkeys
 from relay.metrics import Outcome
 from relay.routing import KNOWN_EVENT_TYPES
 from relay.sending import as_delivery, sign_ed25519
 from relay.signatures import Reason
 from tests.certs import self_signed
-from tests.relayutil import RunningRelay, StartRelay
+from tests.relayutil import RunningRelay, StartRelay, scrape
 from tests.test_faults import stalled
 
 
@@ -76,22 +75,15 @@ async def test_metrics_scrape_names_and_closed_label_sets(
     http: aiohttp.ClientSession, relay: RunningRelay, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """/metrics on its own port has the documented names; no label value comes from a payload."""
-    runner = await server.start(create_metrics_app(relay.app[appkeys.METRICS]), "127.0.0.1", 0)
-    try:
-        hostile = as_delivery({"type": "Evil<script>x</script>", "locationId": "l"})
-        bodies = [as_delivery({"type": "ContactCreate", "locationId": "l"}), hostile, b"[1]"]
-        for body in [*bodies, bodies[0]]:  # the repeat is a duplicate
-            headers = {"X-GHL-Signature": sign_ed25519(ed25519_key, body)}
-            async with http.post(relay.webhook_url, data=body, headers=headers) as response:
-                assert response.status == 200
-        async with http.post(relay.webhook_url, data=b"{}") as response:
-            assert response.status == 401
-        host, port = runner.addresses[0][:2]
-        async with http.get(f"http://{host}:{port}/metrics") as response:
+    hostile = as_delivery({"type": "Evil<script>x</script>", "locationId": "l"})
+    bodies = [as_delivery({"type": "ContactCreate", "locationId": "l"}), hostile, b"[1]"]
+    for body in [*bodies, bodies[0]]:  # the repeat is a duplicate
+        headers = {"X-GHL-Signature": sign_ed25519(ed25519_key, body)}
+        async with http.post(relay.webhook_url, data=body, headers=headers) as response:
             assert response.status == 200
-            text = await response.text()
-    finally:
-        await runner.cleanup()
+    async with http.post(relay.webhook_url, data=b"{}") as response:
+        assert response.status == 401
+    text = await scrape(http, relay)
 
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in (
