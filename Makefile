@@ -14,7 +14,7 @@ HELM := $(HELM_DIR)/helm
 export KAFKA_VERSION HELM
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
-        kafka-logs helm lint lock test run clean
+        kafka-logs helm lint lock test run bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,6 +71,22 @@ test: venv kafka-fetch helm lint  ## lint, then every test against real brokers
 
 run: venv kafka-up  ## the relay against the local broker
 	RELAY_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 $(BIN)/relay serve
+
+# The benchmark (not part of `make test`); docs/benchmarks.md says how to read it.
+BENCH_ARGS ?=
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: venv $(BIN)/.bench-installed kafka-up  ## the relay beside its ceilings (about 3.5 min)
+	@if ! command -v wrk >/dev/null 2>&1 && ! echo '$(BENCH_ARGS)' | grep -q 'max-tool.python'; then \
+		echo "make bench: wrk is not installed: 'apt-get install wrk' (Debian/Ubuntu)," \
+		     "'brew install wrk' (macOS), or use the Python generator for the maximum:" \
+		     "make bench BENCH_ARGS=--max-tool=python"; \
+		exit 1; \
+	fi
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

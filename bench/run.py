@@ -1,0 +1,381 @@
+"""``python -m bench``: the relay against its ceilings, on 127.0.0.1 and the local broker.
+
+For each target it measures the maximum throughput (closed loop, over keep-alive
+connections), then the latency at fixed open-loop rates, by default 50% and 90% of that
+target's own maximum. Each point runs against a freshly started target (so the relay's
+per-process dedup window never sees a delivery twice), after a warm-up with a separate
+set of deliveries. Results go to ``--out``: ``results.json``, ``results.md``, ``latency.png``.
+
+Needs the local broker (``make kafka-up``, or ``python3 dev/localkafka.py up``); it never
+starts or stops one. It uses topics of its own, ``bench-<run id>.*``, and deletes them at
+the end unless ``--keep-topics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from aiokafka.admin import AIOKafkaAdminClient
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench import deliveries, kafkaperf, report, wrk
+from bench.procstat import Jiffies, cpu_seconds, peak_rss_kib
+from bench.targets import REPO, Server, child_env, run_child, start_ceiling, start_relay
+from relay.kafkaconf import client_options
+from relay.routing import all_topics, load_routes
+from relay.settings import Settings
+from relay.topics import ensure_topics
+
+sys.path.insert(0, str(REPO / "dev"))
+import localkafka  # the harness lives in dev/, outside the package
+
+TARGETS: Final = ("http", "verify", "relay", "kafka")
+WARM_DELIVERIES: Final = 5000
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does, from the command line."""
+
+    duration: float
+    warmup: float
+    connections: int
+    fractions: tuple[float, ...]
+    use_wrk: bool
+    bootstrap: str
+    broker_pid: int
+    prefix: str
+    relay_env: dict[str, str]
+    logs: Path
+    requests: Path
+    warm_requests: Path
+    public_key: Path
+    record_size: int
+
+
+def _loadgen(
+    plan: Plan, port: int, requests: Path, seconds: float, rate: float | None
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--port",
+        str(port),
+        "--requests",
+        str(requests),
+        "--duration",
+        str(seconds),
+        "--connections",
+        str(plan.connections),
+    ]
+    return argv if rate is None else [*argv, "--rate", f"{rate:.1f}"]
+
+
+def _measure(
+    plan: Plan,
+    label: str,
+    argv: list[str],
+    env: dict[str, str],
+    server: Server | None,
+    parse: Callable[[str], Result],
+) -> Result:
+    """Run one measuring child; add what the target, the broker and the machine spent.
+
+    Without a server, the child is the target (Kafka's ProducerPerformance).
+    """
+    pid = server.pid if server else None
+    machine0, broker0 = Jiffies.now(), cpu_seconds(plan.broker_pid)
+    target0 = cpu_seconds(pid) if pid else 0.0
+    counts = server.outcomes() if server else None
+    child = run_child(argv, env, plan.duration * 3 + 60, plan.logs / f"{label}.out")
+    machine1, broker_cpu = Jiffies.now(), cpu_seconds(plan.broker_pid) - broker0
+    target_cpu = cpu_seconds(pid) - target0 if pid else child.cpu_s
+    result = parse(child.output)
+    if server and counts is not None and server.metrics_port:
+        result["relay_outcomes"] = outcomes = dict(server.outcomes() - counts)
+        if set(outcomes) - {"accepted"}:
+            print(f"bench: WARNING {label}: relay outcomes {outcomes}", file=sys.stderr)
+    # The relay's own count also has the requests in flight when wrk stopped.
+    ok = max(int(result["ok"]), sum(result.get("relay_outcomes", {}).values()), 1)
+    ours = target_cpu + broker_cpu + (child.cpu_s if pid else 0.0)
+    result.update(
+        target_cpu_s=round(target_cpu, 3),
+        cpu_s_per_1k=round(target_cpu / ok * 1000, 4),
+        broker_cpu_s_per_1k=round(broker_cpu / ok * 1000, 4),
+        peak_rss_kib=peak_rss_kib(pid) if pid else child.peak_rss_kib,
+        system_busy=round(machine1.busy_since(machine0), 3),
+        other_cores=round(machine1.others_since(machine0, ours), 2),
+        steal_cores=round(machine1.steal_since(machine0), 2),
+    )
+    # The Python generator reports its own CPU without its start-up; wrk's is from wait4.
+    result.setdefault("loadgen_cpu_s", round(child.cpu_s, 3) if pid else None)
+    return result
+
+
+def _start(plan: Plan, target: str) -> Server:
+    if target == "relay":
+        return start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, plan.relay_env)
+    return start_ceiling(target, plan.logs, plan.public_key if target == "verify" else None)
+
+
+def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Result:
+    """One point against a fresh target: warm up, then measure."""
+    print(f"bench: {target} {label} ...", file=sys.stderr, flush=True)
+    server = _start(plan, target)
+    try:
+        server.wait_ready()
+        warm = _loadgen(plan, server.port, plan.warm_requests, plan.warmup, rate)
+        run_child(
+            warm, child_env(), plan.warmup * 3 + 60, plan.logs / f"{target}-{label}-warmup.out"
+        )
+        if rate is None and plan.use_wrk:
+            argv = wrk.command(server.port, plan.duration, plan.connections)
+            env = child_env({"BENCH_REQUESTS": str(plan.requests)})
+            result = _measure(
+                plan,
+                f"{target}-{label}",
+                argv,
+                env,
+                server,
+                lambda out: wrk.parse(out, plan.connections),
+            )
+        else:
+            argv = _loadgen(plan, server.port, plan.requests, plan.duration, rate)
+            result = _measure(plan, f"{target}-{label}", argv, child_env(), server, json.loads)
+    finally:
+        server.stop()
+    print(f"bench: {target} {label}: {result['rate']:.0f}/s", file=sys.stderr, flush=True)
+    return result
+
+
+def _kafka_point(plan: Plan, topic: str, rate: float | None, label: str, records: int) -> Result:
+    print(f"bench: kafka {label} ...", file=sys.stderr, flush=True)
+    libs = localkafka.cache_dir() / "libs"
+    argv = kafkaperf.command(libs, topic, records, plan.record_size, rate or -1, plan.bootstrap)
+    result = _measure(
+        plan, f"kafka-{label}", argv, dict(os.environ), None, lambda out: kafkaperf.parse(out, rate)
+    )
+    print(f"bench: kafka {label}: {result['rate']:.0f}/s", file=sys.stderr, flush=True)
+    return result
+
+
+def _points(
+    max_point: Result, fractions: Sequence[float], run: Callable[[float, str], Result]
+) -> Result:
+    rate = float(max_point["rate"])
+    points = []
+    for fraction in fractions:
+        point = run(rate * fraction, f"{fraction:.0%}")
+        points.append({"fraction": fraction, **point})
+    return {"max": max_point, "points": points}
+
+
+def measure_target(plan: Plan, target: str, topic: str) -> Result:
+    """The maximum, then each fraction of it."""
+    if target == "kafka":
+        # A first, unreported run warms the broker and sizes the maximum's run to --duration.
+        calibration = _kafka_point(plan, topic, None, "calibration", 150_000)
+        records = max(10_000, int(float(calibration["rate"]) * plan.duration))
+        max_point = _kafka_point(plan, topic, None, "max", records)
+        return _points(
+            max_point,
+            plan.fractions,
+            lambda rate, label: _kafka_point(
+                plan, topic, rate, label, max(1000, int(rate * plan.duration))
+            ),
+        )
+    max_point = _http_point(plan, target, None, "max")
+    return _points(
+        max_point, plan.fractions, lambda rate, label: _http_point(plan, target, rate, label)
+    )
+
+
+async def _topics(bootstrap: str, names: Sequence[str], *, delete: bool) -> None:
+    options = client_options(Settings(kafka_bootstrap_servers=(bootstrap,)))
+    if not delete:
+        await ensure_topics(options, names, None, None)
+        return
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        if ours := [name for name in names if name in existing]:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
+
+
+def _first_line(argv: list[str]) -> str:
+    """The first line a version command prints (java and wrk print it on stderr)."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    return next(iter((done.stdout + done.stderr).splitlines()), "?")
+
+
+def machine(use_wrk: bool) -> Result:
+    """What the figures were taken on."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?"
+    )
+    versions = {
+        name: importlib.metadata.version(name)
+        for name in ("hoopai-relay", "aiohttp", "aiokafka", "cryptography", "orjson")
+    }
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "kafka": localkafka.kafka_version(),
+        "java": _first_line([os.environ.get("JAVA", "java"), "-version"]),
+        "wrk": _first_line(["wrk", "--version"]).split(" [")[0] if use_wrk else None,
+        "packages": versions,
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def _prepare(args: argparse.Namespace, logs: Path) -> tuple[Path, Path, Path, int]:
+    """Sign the deliveries; the two request files, the public key, the median body size.
+
+    The measured set and the warm-up set are distinct, so that no delivery the relay saw
+    while warming up comes back during the measurement.
+    """
+    key = Ed25519PrivateKey.generate()
+    measured = deliveries.build(args.deliveries, key, locations=args.locations, seed=args.seed)
+    warm = deliveries.build(
+        WARM_DELIVERIES, key, locations=args.locations, seed=args.seed + 1, tag="w"
+    )
+    return (
+        deliveries.write_requests(measured, logs / "requests.bin"),
+        deliveries.write_requests(warm, logs / "warm-requests.bin"),
+        deliveries.write_public_key(key, logs / "bench-ed25519.pem"),
+        deliveries.median_body_size(measured),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up (2)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, of {', '.join(TARGETS)} (all)",
+    )
+    parser.add_argument("--fractions", default="0.5,0.9", help="open-loop rates, of each max")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (64)")
+    parser.add_argument(
+        "--deliveries", type=int, default=40_000, help="distinct pre-signed deliveries (40000)"
+    )
+    parser.add_argument("--locations", type=int, default=500, help="distinct locationIds (500)")
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument(
+        "--max-tool",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="closed-loop generator for the maximum (auto: wrk if installed)",
+    )
+    parser.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="RELAY_X=V",
+        help="an extra setting for the relay under test (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, help="results folder (bench/results/<run id>)")
+    parser.add_argument("--keep-topics", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when every target was measured."""
+    args = _parser().parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if unknown := set(targets) - set(TARGETS):
+        raise SystemExit(f"bench: unknown target(s) {sorted(unknown)}; choose of {TARGETS}")
+    use_wrk = args.max_tool == "wrk" or (args.max_tool == "auto" and wrk.available())
+    if args.max_tool == "wrk" and not wrk.available():
+        raise SystemExit(
+            "bench: wrk is not installed (apt-get install wrk), or use --max-tool python"
+        )
+    broker = localkafka.CLUSTERS["single"]
+    # The harness's own check that the pid in its pid file is really that broker.
+    pid = localkafka._read_pid(broker, broker.nodes[0])
+    if pid is None or localkafka.metadata_brokers(broker.nodes[0].port) is None:
+        raise SystemExit(f"bench: no local broker at {broker.bootstrap}: run `make kafka-up`")
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+    out: Path = args.out or REPO / "bench" / "results" / run_id
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    print(f"bench: signing {args.deliveries} + {WARM_DELIVERIES} deliveries ...", file=sys.stderr)
+    requests, warm_requests, public_key, record_size = _prepare(args, logs)
+    plan = Plan(
+        duration=args.duration,
+        warmup=args.warmup,
+        connections=args.connections,
+        fractions=tuple(float(f) for f in args.fractions.split(",")),
+        use_wrk=use_wrk,
+        bootstrap=broker.bootstrap,
+        broker_pid=pid,
+        prefix=f"bench-{run_id}",
+        relay_env=dict(kv.split("=", 1) for kv in args.relay_env),
+        logs=logs,
+        requests=requests,
+        warm_requests=warm_requests,
+        public_key=public_key,
+        record_size=record_size,
+    )
+    kafka_topic = f"{plan.prefix}.kafka-ceiling"
+    relay_topics = all_topics(load_routes(REPO / "config" / "routes.toml", plan.prefix))
+    results: Result = {
+        "run_id": run_id,
+        "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(use_wrk),
+        "settings": {
+            **{k: str(v) for k, v in vars(args).items()},
+            "record_size": plan.record_size,
+            "event_types": len(deliveries.templates()),
+            "max_tool": "wrk" if use_wrk else "python",
+        },
+        "targets": {},
+    }
+    began = time.monotonic()
+    try:
+        if "kafka" in targets:
+            asyncio.run(_topics(plan.bootstrap, [kafka_topic], delete=False))
+        for target in targets:
+            results["targets"][target] = measure_target(plan, target, kafka_topic)
+    finally:
+        if not args.keep_topics:
+            asyncio.run(_topics(plan.bootstrap, [*relay_topics, kafka_topic], delete=True))
+        for name in ("requests.bin", "warm-requests.bin"):
+            (logs / name).unlink(missing_ok=True)
+    results["seconds"] = round(time.monotonic() - began, 1)
+    results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    report.write(results, out)
+    print(f"bench: results in {out}", file=sys.stderr)
+    print((out / "results.md").read_text())
+    return 0
