@@ -26,10 +26,10 @@ Effect = Callable[[sqlite3.Connection, Any], None]
 _SCHEMA = "CREATE TABLE IF NOT EXISTS processed (ce_id TEXT PRIMARY KEY, topic TEXT, offset INT)"
 
 
-def ce_id_of(record: Any) -> str | None:
-    """The ``ce_id`` header of a record, if any."""
-    for name, value in record.headers:
-        if name == "ce_id":
+def header(record: Any, name: str) -> str | None:
+    """A record header as text (``ce_id``, ``ce_type``, ...), or None when absent."""
+    for key, value in record.headers:
+        if key == name:
             return bytes(value).decode("utf-8", "replace")
     return None
 
@@ -72,7 +72,7 @@ async def consume_batch(
     for tp, records in batches.items():
         for record in records:
             read += 1
-            ce_id = ce_id_of(record)
+            ce_id = header(record, "ce_id")
             # A record without ce_id was not written by the relay: apply it, nothing to key on.
             if ce_id is None:
                 effect(store.db, record)

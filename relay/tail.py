@@ -12,11 +12,11 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any, Final, TextIO
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from relay.consumer import header
 from relay.kafkaconf import client_options
 from relay.send import one_line
 from relay.settings import Settings
@@ -32,14 +32,6 @@ def topic_pattern(prefix: str) -> str:
     return f"^{re.escape(prefix)}\\..*"
 
 
-def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str:
-    """A record header as text, ``-`` when absent."""
-    for key, value in headers:
-        if key == name:
-            return bytes(value).decode("utf-8", "replace")
-    return "-"
-
-
 def format_record(record: Any) -> str:
     """``topic partition offset key ce_type ce_id body``, on one line."""
     key = "-" if record.key is None else bytes(record.key).decode("utf-8", "replace")
@@ -49,8 +41,8 @@ def format_record(record: Any) -> str:
         str(record.partition),
         str(record.offset),
         key,
-        _header(record.headers, "ce_type"),
-        _header(record.headers, "ce_id"),
+        header(record, "ce_type") or "-",
+        header(record, "ce_id") or "-",
         body.decode("utf-8", "replace"),
     ]
     return " ".join(one_line(field) for field in fields)
