@@ -387,6 +387,22 @@ def start_node(cluster: Cluster, node: Node) -> bool:
     return True
 
 
+def _exited(cluster: Cluster, node: Node) -> bool:
+    """Whether the node's recorded process has exited; False while it was never started.
+
+    Deliberately not _read_pid(): a starting JVM's /proc cmdline can be briefly unreadable,
+    and taking that for a death made up() stop a healthy cluster (seen once under load).
+    """
+    try:
+        pid = int((node_dir(cluster, node) / "pid").read_text())
+    except (OSError, ValueError):
+        return False
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        return child.poll() is not None
+    return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
 def wait_ready(cluster: Cluster, nodes: Sequence[Node] | None = None) -> None:
     """Block until each node answers Metadata and knows every node of the cluster."""
     want = {n.node_id for n in cluster.nodes}
@@ -396,7 +412,7 @@ def wait_ready(cluster: Cluster, nodes: Sequence[Node] | None = None) -> None:
             ids = metadata_brokers(node.port)
             if ids is not None and want <= set(ids):
                 break
-            if (node_dir(cluster, node) / "pid").exists() and _read_pid(cluster, node) is None:
+            if _exited(cluster, node):
                 raise KafkaHarnessError(
                     f"node {node.node_id} of {cluster.name} died:\n{logs(cluster, 40)}"
                 )
