@@ -8,6 +8,7 @@ changes nothing for the real consumers.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import time
@@ -25,6 +26,8 @@ from relay.settings import Settings
 METADATA_MAX_AGE_MS: Final = 3000
 #: longest single wait for records, so that --timeout is checked at least this often
 _POLL_MS: Final = 1000
+#: longest wait for the consumer to leave its group on the way out
+_STOP_TIMEOUT_S: Final = 5.0
 
 
 def topic_pattern(prefix: str) -> str:
@@ -136,5 +139,11 @@ async def tail(
                     printed += 1
                     last_record = time.monotonic()
     finally:
-        await consumer.stop()
+        # Bounded: leaving the group waits on the coordinator, and Ctrl-C must never hang
+        # on a broker that is still starting (its group coordinator not yet available).
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
+                await consumer.stop()
+        except TimeoutError:
+            print("relay tail: gave up leaving the consumer group", file=log, flush=True)
     return printed
