@@ -379,6 +379,11 @@ async def test_tail_from_now_sees_new_records_and_new_topics(
     assert sorted(printed) == sorted(new_ids)
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default action."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_tail_stops_on_ctrl_c(tmp_path: Path, start_relay: StartRelay) -> None:
     """Ctrl-C (SIGINT) stops tail quietly with the shell's status for it, 130."""
     relay = await start_relay()
@@ -386,6 +391,9 @@ async def test_tail_stops_on_ctrl_c(tmp_path: Path, start_relay: StartRelay) -> 
         sys.executable, "-m", "relay", "tail",
         cwd=tmp_path, env=_tail_env(relay),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        # As from a terminal: a test run started in the background (`cmd &`) inherits an
+        # ignored SIGINT, and so would tail, which would then never see the Ctrl-C.
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         assert process.stderr is not None
