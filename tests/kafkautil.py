@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -15,21 +17,26 @@ def unique_topic(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-async def consume(bootstrap: str, topic: str, count: int) -> list[Any]:
-    """Read ``count`` records of ``topic`` from the beginning, within 30 s."""
+@contextlib.asynccontextmanager
+async def _reader(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer of ``topic`` from its beginning, without a group; stopped after."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
-    records: list[Any] = []
     try:
-        async with asyncio.timeout(30):
-            while len(records) < count:
-                batches = await consumer.getmany(timeout_ms=500)
-                for batch in batches.values():
-                    records.extend(batch)
+        yield consumer
     finally:
         await consumer.stop()
+
+
+async def consume(bootstrap: str, topic: str, count: int) -> list[Any]:
+    """Read ``count`` records of ``topic`` from the beginning, within 30 s."""
+    records: list[Any] = []
+    async with _reader(bootstrap, topic) as consumer, asyncio.timeout(30):
+        while len(records) < count:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
     return records
 
 
@@ -47,16 +54,9 @@ async def describe_partitions(bootstrap: str, topic: str) -> list[dict[str, Any]
 
 async def consume_all(bootstrap: str, topic: str) -> list[Any]:
     """Read ``topic`` from the beginning until 3 s pass without a record (at most 60 s)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
     records: list[Any] = []
-    try:
-        async with asyncio.timeout(60):
-            while batches := await consumer.getmany(timeout_ms=3000):
-                for batch in batches.values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
+    async with _reader(bootstrap, topic) as consumer, asyncio.timeout(60):
+        while batches := await consumer.getmany(timeout_ms=3000):
+            for batch in batches.values():
+                records.extend(batch)
     return records
