@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import appkeys, health, ingress
+from relay import appkeys, drain, health, ingress
 from relay.dedup import RecentIds
 from relay.errors import ConfigError
 from relay.health import Health
@@ -61,6 +61,9 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
     app[appkeys.HEALTH] = Health()
     app.cleanup_ctx.append(_publisher_ctx)
+    if settings.spool_dir is not None:
+        # After the publisher: the drainer uses it, and stops before it closes.
+        app.cleanup_ctx.append(drain.spool_ctx)
     app.cleanup_ctx.append(health.probe_ctx)
     app.router.add_post(WEBHOOK_PATH, ingress.receive)
     app.router.add_get("/healthz", health.healthz)

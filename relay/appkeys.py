@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.dedup import RecentIds
+from relay.drain import Spooler
 from relay.health import Health
 from relay.metrics import Metrics
 from relay.publisher import Publisher
@@ -19,3 +20,4 @@ METRICS = web.AppKey("metrics", Metrics)
 RECENT_IDS = web.AppKey("recent_ids", RecentIds)
 PUBLISHER = web.AppKey("publisher", Publisher)
 HEALTH = web.AppKey("health", Health)
+SPOOLER = web.AppKey("spooler", Spooler)

@@ -6,7 +6,9 @@
         ├── NotConnected     the producer has no connection to the cluster (yet)
         ├── Overloaded       the in-flight limit is reached: shed instead of queueing
         ├── AckTimeout       no acknowledgement within the request's deadline
-        └── ProduceFailed    the broker or client refused the record
+        ├── ProduceFailed    the broker or client refused the record
+        ├── SpoolFull        the spool (RELAY_SPOOL_DIR) is at its cap
+        └── SpoolError       the spool could not be written (a full disk, an I/O error)
 
 Each ``PublishError`` has a ``label``: a closed set, safe as a metric label value.
 """
@@ -53,7 +55,21 @@ class ProduceFailed(PublishError):
 
     label = "produce_failed"
 
-    def __init__(self, message: str, *, kafka_error: str) -> None:
+    def __init__(self, message: str, *, kafka_error: str, retriable: bool = False) -> None:
         super().__init__(message)
         #: the aiokafka error class: a closed set defined by the library, safe as a label
         self.kafka_error = kafka_error
+        #: whether the client deems the error transient (a later send may succeed)
+        self.retriable = retriable
+
+
+class SpoolFull(PublishError):
+    """The spool holds ``spool_max_bytes`` already."""
+
+    label = "spool_full"
+
+
+class SpoolError(PublishError):
+    """Writing the spool failed (no space left, an I/O error)."""
+
+    label = "spool_io"

@@ -60,12 +60,28 @@ async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 when the producer runs and the cluster answers, else 503 with reasons."""
+    """Readiness: 200 when the producer runs and the cluster answers, else 503 with reasons.
+
+    With the spool on, Kafka's problems do not make the pod unready while the spool accepts:
+    the pod still answers 2xx for what it takes. It says 200 ``degraded`` with the problems
+    and the spool's state, and 503 only once the spool is full (or cannot be written).
+    """
     app = request.app
-    problems = app[appkeys.HEALTH].problems(producer_started=app[appkeys.PUBLISHER].connected)
-    if problems:
-        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})
+    health, spooler = app[appkeys.HEALTH], app.get(appkeys.SPOOLER)
+    problems = health.problems(producer_started=app[appkeys.PUBLISHER].connected)
+    if spooler is None:
+        if problems:
+            return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+        return web.json_response({"status": "ready"})
+    spool = spooler.status()
+    if not spooler.spool.accepting:
+        problems.append("spool: full or not writable")
+    if health.shutting_down or not spooler.spool.accepting:
+        body = {"status": "unavailable", "problems": problems, "spool": spool}
+        return web.json_response(body, status=503)
+    if problems or spooler.spooling:
+        return web.json_response({"status": "degraded", "problems": problems, "spool": spool})
+    return web.json_response({"status": "ready", "spool": spool})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@
 Order matters: nothing reads the body as JSON before its signature is verified over the
 exact bytes received. An authentic event is never answered 4xx (the sender retries every
 non-2xx and pauses endpoints below 90% success): it is routed, dead-lettered, or answered
-with the retryable status when Kafka cannot take it in time.
+with the retryable status when Kafka cannot take it in time. With ``RELAY_SPOOL_DIR``
+set, "in time" includes the spool: see ``relay/drain.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
+from aiokafka.structs import RecordMetadata
 
 from relay import appkeys
 from relay.errors import ProduceFailed, PublishError
@@ -45,7 +47,7 @@ def _signature_headers(request: web.Request) -> tuple[str | None, str | None] | 
 
 
 async def receive(request: web.Request) -> web.Response:
-    """Verify, route and publish one delivery; 2xx only once Kafka acknowledged it."""
+    """Verify, route and publish one delivery; 2xx only once Kafka (or the spool) has it."""
     started = time.monotonic()
     outcome, response = await _handle(request)
     elapsed = time.monotonic() - started
@@ -120,10 +122,14 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         source=settings.ce_source,
     )
     publisher = app[appkeys.PUBLISHER]
+    spooler = app.get(appkeys.SPOOLER)
     metrics.in_flight.inc()
     produce_started = time.monotonic()
     try:
-        ack = await publisher.publish(record, deadline)
+        if spooler is None:
+            ack: RecordMetadata | None = await publisher.publish(record, deadline)
+        else:
+            ack = await spooler.deliver(record, deadline)
     except PublishError as exc:
         metrics.unavailable.labels(cause=exc.label).inc()
         if isinstance(exc, ProduceFailed):
@@ -134,8 +140,11 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         return answer
     finally:
         metrics.in_flight.dec()
-    metrics.produce_seconds.observe(time.monotonic() - produce_started)
     recent.add(ce_id)
+    if ack is None:
+        # Fsynced in the spool: durable on this pod's disk, in Kafka once drained.
+        return done(200, Outcome.SPOOLED, event_type, id=ce_id, topic=record.topic, spooled=True)
+    metrics.produce_seconds.observe(time.monotonic() - produce_started)
     return done(
         200,
         _KIND_OUTCOME[where.kind],

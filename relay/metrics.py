@@ -28,6 +28,8 @@ class Outcome(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     UNAVAILABLE = "unavailable"
+    #: 2xx: fsynced in the spool (RELAY_SPOOL_DIR), to be drained into Kafka
+    SPOOLED = "spooled"
 
 
 class Metrics:
@@ -79,6 +81,30 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "relay_in_flight_requests", "Requests waiting for a Kafka ack.", registry=r
+        )
+        # The spool (RELAY_SPOOL_DIR); the gauges read the spool itself (relay/drain.py).
+        self.spool_bytes = Gauge(
+            "relay_spool_bytes", "Bytes of spool segments on disk.", registry=r
+        )
+        self.spool_records = Gauge(
+            "relay_spool_records", "Spooled records not yet acknowledged by Kafka.", registry=r
+        )
+        self.spool_oldest_age = Gauge(
+            "relay_spool_oldest_record_age_seconds",
+            "Age of the oldest spooled record not yet acknowledged (0 when empty).",
+            registry=r,
+        )
+        self.spool_appends = Counter(
+            "relay_spool_appends", "Records written and fsynced to the spool.", registry=r
+        )
+        self.spool_drained = Counter(
+            "relay_spool_drained", "Spooled records Kafka acknowledged.", registry=r
+        )
+        self.spool_corrupt = Counter(
+            "relay_spool_corrupt",
+            "Damaged spool bytes: torn_tail (cut at start-up), moved_aside (to corrupt/).",
+            ["kind"],
+            registry=r,
         )
         self.build_info = Gauge(
             "relay_build_info", "Always 1; the version is a label.", ["version"], registry=r

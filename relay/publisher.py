@@ -130,6 +130,22 @@ class Publisher:
         except (TimeoutError, KafkaTimeoutError):
             raise AckTimeout("no ack before the deadline") from None
         except KafkaError as exc:
-            raise ProduceFailed(str(exc), kafka_error=type(exc).__name__) from exc
+            raise ProduceFailed(
+                str(exc), kafka_error=type(exc).__name__, retriable=exc.retriable
+            ) from exc
         finally:
             self._in_flight -= 1
+
+    async def send(self, record: Record) -> asyncio.Future[RecordMetadata]:
+        """Hand ``record`` to the producer; the future resolves with its ack (the drainer).
+
+        No deadline and no in-flight limit: the drainer pipelines a bounded batch and waits
+        for every ack of it; the producer's request timeout bounds each wait.
+        """
+        producer = self._producer
+        if producer is None:
+            raise NotConnected("the producer has not reached the cluster yet")
+        delivery: asyncio.Future[RecordMetadata] = await producer.send(
+            record.topic, record.value, key=record.key, headers=list(record.headers)
+        )
+        return delivery

@@ -69,6 +69,11 @@ class Settings:
     drain_delay_s: float = 5.0
     shutdown_grace_s: float = 25.0
     log_level: str = "INFO"
+    #: None: no spool, a 2xx only after Kafka's ack (see the README, "What a 2xx means").
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_segment_bytes: int = 16 * 1024 * 1024
+    spool_after_ms: int = 2000
 
     @classmethod
     def load(cls, environ: Mapping[str, str], *, use_file: bool = True) -> Settings:
@@ -121,6 +126,12 @@ class Settings:
             ("ready_check_interval_s", self.ready_check_interval_s > 0),
             ("drain_delay_s", self.drain_delay_s >= 0),
             ("shutdown_grace_s", self.shutdown_grace_s > self.drain_delay_s),
+            ("spool_max_bytes", self.spool_max_bytes > 0),
+            ("spool_segment_bytes", 0 < self.spool_segment_bytes <= self.spool_max_bytes),
+            (
+                "spool_after_ms",
+                self.spool_dir is None or 0 < self.spool_after_ms <= self.ack_timeout_ms,
+            ),
         ):
             if not ok:
                 raise ConfigError(f"{_describe(self, name)}: out of range or not allowed")
@@ -282,4 +293,8 @@ _CASTS: dict[str, Callable[[str], object]] = {
     "drain_delay_s": _float,
     "shutdown_grace_s": _float,
     "log_level": _upper,
+    "spool_dir": _optional_path,
+    "spool_max_bytes": _int,
+    "spool_segment_bytes": _int,
+    "spool_after_ms": _int,
 }

@@ -1,0 +1,189 @@
+"""With the spool on: direct while it is empty, else through it, and one drainer.
+
+Kafka cannot take a record in time: spool it, answer 2xx, drain the spool in order later.
+
+Two modes, switched only here:
+
+- *direct*: the spool is empty; a record is published as without the spool, but waits at
+  most ``spool_after_ms`` for its ack. If Kafka cannot take it (not connected, no ack in
+  time, the in-flight limit, a retriable produce error), the record is appended to the spool
+  and the request answered 2xx once it is fsynced. That switches to:
+- *spooling*: every new record is appended behind the ones already spooled, so that one
+  location's events reach Kafka in the order they were answered. One drainer task replays
+  the spool with the same producer and switches back to direct only when the spool is empty,
+  with no ``await`` between that check and the switch.
+
+A record whose direct wait was abandoned may still land from the producer's buffer, and a
+drain interrupted before its acks were recorded is replayed: both are duplicates with the
+same ``ce_id`` (consumers dedup), never losses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+from aiohttp import web
+from aiokafka.structs import RecordMetadata
+
+from relay import appkeys
+from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed, PublishError
+from relay.metrics import Metrics
+from relay.publisher import Publisher
+from relay.records import Record
+from relay.settings import Settings
+from relay.spool import Batch, Spool, is_skipped
+
+log = logging.getLogger(__name__)
+
+#: records sent at once by the drainer; after a failure it restarts with one
+DRAIN_BATCH: Final = 256
+_BACKOFF_MIN_S: Final = 0.5
+_BACKOFF_MAX_S: Final = 5.0
+#: a drain batch's acks must all settle within this, or the batch is retried
+_BATCH_TIMEOUT_S: Final = 60.0
+
+
+class Spooler:
+    """The front of the publisher when ``spool_dir`` is set (see the module docstring)."""
+
+    def __init__(self, publisher: Publisher, spool: Spool, settings: Settings) -> None:
+        self.publisher = publisher
+        self.spool = spool
+        self._spool_after_s = settings.spool_after_ms / 1000
+        self._spooling = not spool.empty  # a spool left by a previous run is drained first
+        self._wake = asyncio.Event()
+
+    @property
+    def spooling(self) -> bool:
+        """Whether new records go through the spool."""
+        return self._spooling
+
+    def status(self) -> dict[str, object]:
+        """The spool's state, for readiness."""
+        return {
+            "mode": "spooling" if self._spooling else "direct",
+            "records": self.spool.records,
+            "bytes": self.spool.disk_bytes,
+            "max_bytes": self.spool.max_bytes,
+            "oldest_record_age_s": round(self.spool.oldest_age_s(), 3),
+            "accepting": self.spool.accepting,
+        }
+
+    async def deliver(self, record: Record, deadline: float) -> RecordMetadata | None:
+        """Kafka's ack (direct), or None once the record is fsynced in the spool.
+
+        Raises a PublishError when neither worked: SpoolFull, SpoolError, or a produce
+        error that is not transient (the spool would only replay it into the same refusal).
+        """
+        if not self._spooling:
+            loop = asyncio.get_running_loop()
+            try:
+                return await self.publisher.publish(
+                    record, min(deadline, loop.time() + self._spool_after_s)
+                )
+            except (NotConnected, AckTimeout, Overloaded) as exc:
+                cause: PublishError = exc
+            except ProduceFailed as exc:
+                if not exc.retriable:
+                    raise
+                cause = exc
+            log.info("spooling", extra={"cause": cause.label})
+        # Set before the append's await: requests after this one queue behind it.
+        self._spooling = True
+        self._wake.set()
+        await self.spool.append(record)
+        return None
+
+    async def drain(self) -> None:
+        """Replay the spool into Kafka for ever (a task; cancelled at shutdown)."""
+        await self.publisher.wait_connected()
+        delay, size = _BACKOFF_MIN_S, DRAIN_BATCH
+        while True:
+            if self.spool.empty:
+                if self._spooling:
+                    log.info("spool drained: publishing directly again")
+                self._spooling = False  # no await since the check: nothing slips in between
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = await self.spool.read(size)
+            if batch is None or not batch.items:
+                await self.spool.wait_committed(timeout_s=1.0)  # being written: not readable yet
+                continue
+            acked = await self._send(batch)
+            await self.spool.ack(batch, acked)
+            if acked == len(batch.items):
+                delay, size = _BACKOFF_MIN_S, DRAIN_BATCH
+                continue
+            # Kafka is still away, or went away again: one record at a time until it is back,
+            # so that a batch does not half-succeed while leaders move.
+            log.warning("spool drain: kafka refused; retrying in %.1fs", delay)
+            await asyncio.sleep(delay)
+            delay, size = min(delay * 2, _BACKOFF_MAX_S), 1
+
+    async def _send(self, batch: Batch) -> int:
+        """Send a batch in order, pipelined; the number of leading records acknowledged."""
+        futures: list[asyncio.Future[RecordMetadata] | None] = []
+        try:
+            async with asyncio.timeout(_BATCH_TIMEOUT_S):
+                for _, entry in batch.items:
+                    if is_skipped(entry):
+                        futures.append(None)
+                        continue
+                    futures.append(await self.publisher.send(entry.record))
+                results = await asyncio.gather(
+                    *(f for f in futures if f is not None), return_exceptions=True
+                )
+        except Exception as exc:  # a KafkaError, NotConnected, the timeout: retry the batch
+            log.warning("spool drain: send failed (%r)", exc)
+            for future in futures:
+                if future is not None:
+                    future.cancel()
+            return 0
+        outcomes = iter(results)
+        acked = 0
+        for future in futures:
+            if future is not None and isinstance(next(outcomes), BaseException):
+                break
+            acked += 1
+        return acked
+
+
+async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the spool (replaying what is there), run the drainer; on exit stop both."""
+    settings = app[appkeys.SETTINGS]
+    assert settings.spool_dir is not None  # noqa: S101 -- only added when it is set
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_segment_bytes)
+    bind_metrics(spool, app[appkeys.METRICS])
+    await spool.open()
+    spooler = Spooler(app[appkeys.PUBLISHER], spool, settings)
+    app[appkeys.SPOOLER] = spooler
+    draining = asyncio.create_task(spooler.drain(), name="spool-drain")
+    yield
+    draining.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await draining
+    await spool.close()
+
+
+def bind_metrics(spool: Spool, metrics: Metrics) -> None:
+    """Point the spool gauges at ``spool`` and count its events in ``metrics``."""
+    metrics.spool_bytes.set_function(lambda: spool.disk_bytes)
+    metrics.spool_records.set_function(lambda: spool.records)
+    metrics.spool_oldest_age.set_function(spool.oldest_age_s)
+    counters = {
+        "appends": metrics.spool_appends,
+        "drained": metrics.spool_drained,
+        "torn_tails": metrics.spool_corrupt.labels(kind="torn_tail"),
+        "moved_aside": metrics.spool_corrupt.labels(kind="moved_aside"),
+    }
+
+    def count(kind: str, n: int) -> None:
+        if kind in counters:
+            counters[kind].inc(n)
+
+    spool.counters.on_change = count
