@@ -15,6 +15,8 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.structs import RecordMetadata
 
 from relay import appkeys
@@ -77,6 +79,11 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         answer[1].force_close()  # do not read (or linger on) the rest of a body we refused
         return answer
 
+    def cut_short(status: int, outcome: Outcome) -> tuple[Outcome, web.Response]:
+        answer = done(status, outcome, _NO_TYPE, error=outcome.value)
+        answer[1].force_close()  # the rest of the body is not worth waiting for
+        return answer
+
     encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     if encoding not in ("", "identity"):
         # The signature covers the bytes on the wire; inflating untrusted input is a bomb.
@@ -85,9 +92,16 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
     if declared is not None and declared > settings.max_body_bytes:
         return too_large()
     try:
-        body = await request.read()  # capped by the app's client_max_size
+        # A body trickled in (slowloris) gets the request's deadline, like the Kafka ack.
+        async with asyncio.timeout_at(deadline):
+            body = await request.read()  # capped by the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
         return too_large()
+    except TimeoutError:
+        return cut_short(408, Outcome.BODY_TIMEOUT)
+    except (ConnectionError, RequestPayloadError, HttpProcessingError):
+        # The peer left mid-body or broke the chunked framing: no body, nothing to verify.
+        return cut_short(400, Outcome.INCOMPLETE_BODY)
 
     signatures = _signature_headers(request)
     verify_started = time.perf_counter()

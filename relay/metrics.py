@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from relay import __version__
 
@@ -26,6 +26,8 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     UNAUTHENTICATED = "unauthenticated"
     TOO_LARGE = "too_large"
+    BODY_TIMEOUT = "body_timeout"
+    INCOMPLETE_BODY = "incomplete_body"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     UNAVAILABLE = "unavailable"
     #: 2xx: fsynced in the spool (RELAY_SPOOL_DIR), to be drained into Kafka
@@ -106,6 +108,15 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.http_responses = Counter(
+            "relay_http_responses",
+            "Every answer the HTTP server wrote, by status, including aiohttp's own 400s "
+            "for requests it could not parse (those never reach the handler).",
+            ["status"],
+            registry=r,
+        )
+        # process_open_fds and process_resident_memory_bytes: connection floods, memory bound.
+        ProcessCollector(registry=r)
         self.build_info = Gauge(
             "relay_build_info", "Always 1; the version is a label.", ["version"], registry=r
         )

@@ -19,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from relay import appkeys
+from relay import appkeys, limits
 from relay.app import create_app, create_metrics_app
 from relay.errors import ConfigError
 from relay.settings import Settings
@@ -54,8 +54,9 @@ async def start(
     """Serve ``app`` on host:port (0 picks a free port; see ``runner.addresses``)."""
     # auto_decompress=False: the body must be the bytes on the wire, which the signature
     # covers; encoded bodies are refused with 415 before they are read.
+    # limits.runner_options: idle timeout, header limits, answers counted by status.
     runner = web.AppRunner(
-        app, auto_decompress=False, access_log=None, shutdown_timeout=shutdown_timeout
+        app, auto_decompress=False, shutdown_timeout=shutdown_timeout, **limits.runner_options(app)
     )
     await runner.setup()
     site = web.TCPSite(

@@ -40,6 +40,9 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     max_body_bytes: int = 1024 * 1024
+    #: closes a connection that sends no complete request head for this long (idle, slowloris)
+    http_idle_timeout_s: float = 75.0
+    http_max_headers: int = 32
     accept_legacy_rsa: bool = False
     #: PEM files replacing the published HighLevel keys; empty means those keys.
     public_keys: tuple[Path, ...] = ()
@@ -108,6 +111,8 @@ class Settings:
             ("http_port", 0 <= self.http_port <= 65535),
             ("metrics_port", 0 <= self.metrics_port <= 65535),
             ("max_body_bytes", self.max_body_bytes > 0),
+            ("http_idle_timeout_s", self.http_idle_timeout_s > 0),
+            ("http_max_headers", self.http_max_headers > 0),
             ("ack_timeout_ms", 0 < self.ack_timeout_ms <= 60_000),
             ("max_in_flight", self.max_in_flight > 0),
             ("kafka_linger_ms", self.kafka_linger_ms >= 0),
@@ -266,6 +271,8 @@ _CASTS: dict[str, Callable[[str], object]] = {
     "tls_cert_file": _optional_path,
     "tls_key_file": _optional_path,
     "max_body_bytes": _int,
+    "http_idle_timeout_s": _float,
+    "http_max_headers": _int,
     "accept_legacy_rsa": _bool,
     "public_keys": _paths,
     "routes_file": lambda raw: Path(_text(raw)),

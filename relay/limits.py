@@ -1,0 +1,64 @@
+"""The HTTP server's limits against hostile clients: options for ``web.AppRunner``.
+
+aiohttp's defaults suit a server behind a trusted proxy, not one facing the internet:
+a connection that never completes its request head is kept 3,630 s, and one request
+head may buffer 128 headers of 8 KiB each (about 2 MiB of memory per slow connection,
+measured). Here the idle timer (which also runs while a head is being trickled in)
+and the header count come from the settings; a trickled *body* is bounded in the
+handler by the request's deadline (408). docs/reliability.md lists every case.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from prometheus_client import Counter
+
+from relay import appkeys
+from relay.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: aiohttp's limit on one header (name and value together) and on the request line;
+#: kept: the largest real header, an RSA-4096 signature, is 684 bytes
+MAX_FIELD_BYTES = 8190
+#: after an answer that refused a body (408, 413), how long the rest is read and dropped
+#: before the close, so the client reads the answer rather than a reset (aiohttp: 10 s)
+LINGER_S = 2.0
+
+
+def response_counter(counter: Counter) -> type[AbstractAccessLogger]:
+    """An access "logger" that counts every answer by status instead of logging it."""
+
+    class ResponseCounter(AbstractAccessLogger):
+        """Counts answers, including aiohttp's own for requests that never reach a handler."""
+
+        def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+            """Count one answer."""
+            counter.labels(status=str(response.status)).inc()
+
+    return ResponseCounter
+
+
+def runner_options(app: web.Application) -> dict[str, Any]:
+    """Keyword arguments for ``web.AppRunner(app, ...)``: timeouts, header limits, counting."""
+    settings = app.get(appkeys.SETTINGS) or Settings()
+    options: dict[str, Any] = {
+        # Armed at connect and after each answer, and only disarmed by a complete request
+        # head: it closes idle keep-alive connections and header slowloris alike.
+        "keepalive_timeout": settings.http_idle_timeout_s,
+        "max_headers": settings.http_max_headers,
+        "max_field_size": MAX_FIELD_BYTES,
+        "max_line_size": MAX_FIELD_BYTES,
+        "lingering_time": LINGER_S,
+        "access_log": None,
+    }
+    metrics = app.get(appkeys.METRICS)
+    if metrics is not None:
+        options["access_log"] = log  # never written to: the class below only counts
+        options["access_log_class"] = response_counter(metrics.http_responses)
+    return options
