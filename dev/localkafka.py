@@ -105,6 +105,9 @@ CLUSTERS = {
         replication_factor=3,
         min_insync_replicas=2,
     ),
+    # Stopped outright by the spool's outage tests: a broker of their own, so that nobody
+    # else's test sees its outage.
+    "outage": Cluster("outage", (Node(1, 29092, 29093),), 1, 1),
 }
 
 

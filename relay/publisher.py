@@ -81,6 +81,9 @@ class Publisher:
                         s.topic_partitions,
                         s.topic_replication_factor,
                     )
+            except asyncio.CancelledError:
+                await producer.stop()  # shut down while still connecting: leave no client behind
+                raise
             except Exception as exc:
                 # Anything, not only KafkaError: this task must never end silently, or the
                 # relay would answer 429 forever with nothing in the log to say why.

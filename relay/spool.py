@@ -319,7 +319,13 @@ class Spool:
         self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
 
     def _open_sync(self) -> None:
-        check_dir(self.directory)
+        # Not check_dir's probe write: a relay restarted on a full disk must still drain it.
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"RELAY_SPOOL_DIR={self.directory}: {exc}") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"RELAY_SPOOL_DIR={self.directory}: not writable")
         self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

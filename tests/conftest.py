@@ -29,7 +29,7 @@ from relay.settings import Settings
 from tests.kafkautil import unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
-KAFKA_FIXTURES = {"kafka_bootstrap": "kafka", "kafka_cluster": "cluster"}
+KAFKA_FIXTURES = {"kafka_bootstrap": "kafka", "kafka_cluster": "cluster", "kafka_outage": "outage"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,7 +47,11 @@ def pytest_runtest_makereport(
     """Attach the tail of the broker logs to the report of a failing Kafka test."""
     report = yield
     if report.failed:
-        for fixture, cluster_name in (("kafka_bootstrap", "single"), ("kafka_cluster", "cluster")):
+        for fixture, cluster_name in (
+            ("kafka_bootstrap", "single"),
+            ("kafka_cluster", "cluster"),
+            ("kafka_outage", "outage"),
+        ):
             if fixture in getattr(item, "fixturenames", ()):
                 cluster = localkafka.CLUSTERS[cluster_name]
                 report.sections.append((f"broker logs ({cluster_name})", localkafka.logs(cluster)))
@@ -72,6 +76,16 @@ def kafka_bootstrap() -> Iterator[str]:
 def kafka_cluster() -> Iterator[localkafka.Cluster]:
     """The local three-broker cluster (RF 3, min ISR 2), whose brokers tests may kill by pid."""
     cluster = localkafka.CLUSTERS["cluster"]
+    started = localkafka.up(cluster)
+    yield cluster
+    if started:
+        localkafka.down(cluster)
+
+
+@pytest.fixture(scope="session")
+def kafka_outage() -> Iterator[localkafka.Cluster]:
+    """A one-broker cluster of its own (127.0.0.1:29092) that the spool tests stop and start."""
+    cluster = localkafka.CLUSTERS["outage"]
     started = localkafka.up(cluster)
     yield cluster
     if started:
