@@ -59,6 +59,7 @@ CHART_OWNED = frozenset(
         "kafka_ssl_certfile",
         "kafka_ssl_keyfile",
         "kafka_sasl_password_file",
+        "spool_dir",  # RELAY_SPOOL_DIR, from spool.mountPath
     }
 )
 #: labels Prometheus adds to every series of a target: never in a scrape, fine in a selector
@@ -153,9 +154,16 @@ def annotations_of(obj: Obj) -> dict[str, str]:
     return found
 
 
+def workload(objects: list[Obj]) -> Obj:
+    """The Deployment, or the StatefulSet with persistence on."""
+    kinds = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    assert len(kinds) == 1, [o["kind"] for o in kinds]
+    return kinds[0]
+
+
 def pod_template(objects: list[Obj]) -> Obj:
-    """The Deployment's pod template."""
-    found: Obj = only(objects, "Deployment")["spec"]["template"]
+    """The workload's pod template."""
+    found: Obj = workload(objects)["spec"]["template"]
     return found
 
 
@@ -760,3 +768,52 @@ async def test_monitoring_uses_only_what_the_relay_exports(
         "relay_in_flight_requests",
         "relay_build_info",
     }
+
+
+# --- the spool ---------------------------------------------------------------------------------
+
+
+def test_spool_is_off_by_default() -> None:
+    """By default: a Deployment, no RELAY_SPOOL_DIR, no spool volume."""
+    objects = render()
+    assert workload(objects)["kind"] == "Deployment"
+    assert "RELAY_SPOOL_DIR" not in {e["name"] for e in relay_container(objects)["env"]}
+    assert "spool" not in {v["name"] for v in pod_template(objects)["spec"]["volumes"]}
+
+
+def test_spool_in_an_empty_dir() -> None:
+    """spool.enabled alone: still a Deployment, the spool in an emptyDir with a size limit."""
+    objects = render(values={"spool": {"enabled": True}})
+    assert workload(objects)["kind"] == "Deployment"
+    env = {e["name"]: e.get("value") for e in relay_container(objects)["env"]}
+    assert env["RELAY_SPOOL_DIR"] == "/var/spool/hoopai-relay"
+    (mount,) = [m for m in relay_container(objects)["volumeMounts"] if m["name"] == "spool"]
+    assert mount["mountPath"] == env["RELAY_SPOOL_DIR"]
+    (volume,) = [v for v in pod_template(objects)["spec"]["volumes"] if v["name"] == "spool"]
+    assert volume["emptyDir"] == {"sizeLimit": "2Gi"}
+
+
+def test_persistence_makes_a_statefulset_with_a_claim_per_pod() -> None:
+    """persistence.enabled: a StatefulSet, a spool claim template, the HPA scaling it."""
+    objects = render(CI_VALUES["spool"])
+    assert not find(objects, "Deployment")
+    statefulset = only(objects, "StatefulSet")
+    spec = statefulset["spec"]
+    assert spec["serviceName"] == only(objects, "Service")["metadata"]["name"]
+    assert "strategy" not in spec
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "spool" not in {v["name"] for v in pod_template(objects)["spec"]["volumes"]}
+    env = {e["name"]: e.get("value") for e in relay_container(objects)["env"]}
+    (mount,) = [m for m in relay_container(objects)["volumeMounts"] if m["name"] == "spool"]
+    assert mount["mountPath"] == env["RELAY_SPOOL_DIR"]
+    target = only(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", statefulset["metadata"]["name"])
+    assert relay_toml(objects)["spool_max_bytes"] == 2147483648

@@ -147,6 +147,13 @@ The PromQL label matchers picking this release's series.
 {{- end }}
 
 {{/*
+The workload's kind: a StatefulSet when the spool has a volume of its own per pod.
+*/}}
+{{- define "hoopai-relay.workloadKind" -}}
+{{- if .Values.persistence.enabled }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
 Refuse half-set values, with a message naming the value to fix. Included by the
 Deployment, so that every render checks them.
 */}}
