@@ -5,6 +5,7 @@ from __future__ import annotations
 from relay.routing import Routes, all_topics
 from relay.settings import Settings
 from relay.signatures import KeySet, spki_sha256
+from relay.spool import check_dir
 
 
 def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
@@ -18,11 +19,20 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
     security = settings.kafka_security_protocol
     if security.startswith("SASL"):
         security += f" ({settings.kafka_sasl_mechanism} as {settings.kafka_sasl_username})"
+    if settings.spool_dir is None:
+        spool = "off: 2xx only after Kafka's ack"
+    else:
+        check_dir(settings.spool_dir)  # ConfigError, exit 2, when it cannot be written
+        spool = (
+            f"{settings.spool_dir} (writable), cap {settings.spool_max_bytes} bytes, "
+            f"after {settings.spool_after_ms} ms without an ack"
+        )
     lines = [
         "configuration OK",
         f"listen:          {scheme}://{settings.http_host}:{settings.http_port}, "
         f"metrics on port {settings.metrics_port}",
         f"kafka:           {','.join(settings.kafka_bootstrap_servers)}",
+        f"spool:           {spool}",
         f"security:        {security}",
         f"topic prefix:    {settings.topic_prefix}",
         f"routes file:     {settings.routes_file} "

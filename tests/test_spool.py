@@ -16,6 +16,7 @@ from relay.spool import (
     Check,
     Entry,
     Spool,
+    check_dir,
     decode_payload,
     encode_frame,
     encode_payload,
@@ -227,3 +228,13 @@ async def test_one_relay_per_spool_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lock"):
         await opened(tmp_path)
     await spool.close()
+
+
+def test_check_config_refuses_an_unwritable_spool_dir(tmp_path: Path) -> None:
+    """check-config's check: a spool path under a regular file is a ConfigError naming it."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="RELAY_SPOOL_DIR="):
+        check_dir(blocker / "spool")
+    check_dir(tmp_path / "new" / "spool")  # created, written, fine
+    assert (tmp_path / "new" / "spool").is_dir()
