@@ -11,6 +11,7 @@ NAMES: Final = {
     "http": "HTTP ceiling (bare aiohttp)",
     "verify": "verification ceiling (aiohttp + 1 Ed25519 verify)",
     "relay": "relay (`relay serve`, verify + Kafka acks=all)",
+    "relay-spool": "relay, spooling (`relay serve`, verify + fsync to RELAY_SPOOL_DIR, Kafka away)",
     "kafka": "Kafka ceiling (ProducerPerformance, acks=all)",
 }
 HEADLINE_GOAL: Final = 0.80
@@ -109,7 +110,7 @@ def markdown(results: Result) -> str:
     for name, target in results["targets"].items():
         for point in [target["max"], *target["points"]]:
             outcomes = point.get("relay_outcomes", {})
-            if set(outcomes) - {"accepted"}:
+            if set(outcomes) - {"accepted", "spooled"}:
                 label = f"{point['fraction']:.0%}" if "fraction" in point else "max"
                 lines.append(f"\nWARNING: {name} {label}: the relay answered {outcomes}.")
     return "\n".join(lines) + "\n"

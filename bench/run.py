@@ -35,7 +35,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deliveries, kafkaperf, report, wrk
 from bench.procstat import Jiffies, cpu_seconds, peak_rss_kib
-from bench.targets import REPO, Server, child_env, run_child, start_ceiling, start_relay
+from bench.targets import (
+    REPO,
+    Server,
+    child_env,
+    run_child,
+    start_ceiling,
+    start_relay,
+    start_spooling_relay,
+)
 from relay.kafkaconf import client_options
 from relay.routing import all_topics, load_routes
 from relay.settings import Settings
@@ -44,7 +52,7 @@ from relay.topics import ensure_topics
 sys.path.insert(0, str(REPO / "dev"))
 import localkafka  # the harness lives in dev/, outside the package
 
-TARGETS: Final = ("http", "verify", "relay", "kafka")
+TARGETS: Final = ("http", "verify", "relay", "relay-spool", "kafka")
 WARM_DELIVERIES: Final = 5000
 Result = dict[str, Any]
 
@@ -110,7 +118,7 @@ def _measure(
     result = parse(child.output)
     if server and counts is not None and server.metrics_port:
         result["relay_outcomes"] = outcomes = dict(server.outcomes() - counts)
-        if set(outcomes) - {"accepted"}:
+        if set(outcomes) - {"accepted", "spooled"}:
             print(f"bench: WARNING {label}: relay outcomes {outcomes}", file=sys.stderr)
     # The relay's own count also has the requests in flight when wrk stopped.
     ok = max(int(result["ok"]), sum(result.get("relay_outcomes", {}).values()), 1)
@@ -132,6 +140,8 @@ def _measure(
 def _start(plan: Plan, target: str) -> Server:
     if target == "relay":
         return start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, plan.relay_env)
+    if target == "relay-spool":
+        return start_spooling_relay(plan.logs, plan.public_key, plan.prefix, plan.relay_env)
     return start_ceiling(target, plan.logs, plan.public_key if target == "verify" else None)
 
 

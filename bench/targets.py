@@ -7,13 +7,16 @@ ever stopped, by their own pid.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -177,3 +180,19 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], timeout: float, log: 
     if process.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited {process.returncode}; see {log}:\n{output[-2000:]}")
     return Finished(output, usage.ru_utime + usage.ru_stime, peak)
+
+
+def start_spooling_relay(
+    logs: Path, public_key: Path, prefix: str, extra: Mapping[str, str]
+) -> Server:
+    """The relay with its spool on and Kafka unreachable: every record takes the spool path.
+
+    The bootstrap is a closed port, so the producer never connects and each verified
+    record is fsynced to a fresh spool directory (removed at exit) and answered 200.
+    """
+    spool = Path(tempfile.mkdtemp(prefix="relay-spool-"))
+    atexit.register(shutil.rmtree, spool, ignore_errors=True)
+    closed = f"127.0.0.1:{free_port()}"
+    server = start_relay(logs, public_key, prefix, closed, {"RELAY_SPOOL_DIR": str(spool), **extra})
+    server.name = "relay-spool"
+    return server
