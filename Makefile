@@ -14,7 +14,7 @@ HELM := $(HELM_DIR)/helm
 export KAFKA_VERSION HELM
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
-        kafka-logs helm lint lock test run bench clean
+        kafka-logs helm lint lock test run bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -87,6 +87,10 @@ bench: venv $(BIN)/.bench-installed kafka-up  ## the relay beside its ceilings (
 		exit 1; \
 	fi
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The same fault tests as in `make test`, with the long durations (about 10 min).
+chaos: venv kafka-fetch  ## the long reliability runs; see docs/reliability.md
+	HOOPAI_CHAOS=1 $(BIN)/pytest -m chaos -s -q
 
 clean:  ## remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

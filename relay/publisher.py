@@ -14,7 +14,13 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.structs import RecordMetadata
 
 from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed
@@ -28,6 +34,11 @@ log = logging.getLogger(__name__)
 # Room for the CloudEvents headers and the record framing on top of the largest body.
 _RECORD_OVERHEAD = 64 * 1024
 _RECONNECT_MAX_S = 10.0
+# After these, the producer's id can never write again, so every later record would fail
+# too. Seen after all brokers came back from a kill: aiokafka numbers an expired batch of a
+# leaderless partition, then drops it, and the brokers wait for that sequence number
+# forever. Only a new producer (a new id, sequences from 0) writes again.
+_PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced)
 
 
 class Publisher:
@@ -40,6 +51,7 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
         self._in_flight = 0
+        self._replacing: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -109,8 +121,38 @@ class Publisher:
             return False
         return True
 
+    def _watch(self, producer: AIOKafkaProducer, delivery: asyncio.Future[RecordMetadata]) -> None:
+        """Replace ``producer`` if this record fails in a way that breaks it for good.
+
+        A callback, not a check in the caller: the failure often comes after the request
+        stopped waiting for it.
+        """
+
+        def check(done: asyncio.Future[RecordMetadata]) -> None:
+            if not done.cancelled() and isinstance(done.exception(), _PRODUCER_BROKEN):
+                self._replace(producer)
+
+        delivery.add_done_callback(check)
+
+    def _replace(self, broken: AIOKafkaProducer) -> None:
+        """Start a new producer in the background, once for all the records that saw it break."""
+        if self._producer is not broken:
+            return  # already being replaced
+        log.warning("kafka producer broken; starting a new one", extra={"event": "producer"})
+        self._producer = None  # until the new one starts: the retryable status, not_connected
+        self._started.clear()
+        self._replacing = asyncio.create_task(self._reconnect(broken), name="kafka-reconnect")
+
+    async def _reconnect(self, broken: AIOKafkaProducer) -> None:
+        """Connect a new producer, then stop the broken one (its records all fail)."""
+        await self.connect()
+        await broken.stop()
+
     async def close(self) -> None:
         """Flush what the producer holds and stop it."""
+        if self._replacing is not None:
+            self._replacing.cancel()
+            await asyncio.gather(self._replacing, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -128,6 +170,7 @@ class Publisher:
                 delivery = await producer.send(
                     record.topic, record.value, key=record.key, headers=list(record.headers)
                 )
+                self._watch(producer, delivery)
                 metadata: RecordMetadata = await delivery
                 return metadata
         except (TimeoutError, KafkaTimeoutError):
@@ -151,4 +194,5 @@ class Publisher:
         delivery: asyncio.Future[RecordMetadata] = await producer.send(
             record.topic, record.value, key=record.key, headers=list(record.headers)
         )
+        self._watch(producer, delivery)
         return delivery
