@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import appkeys, drain, health, ingress
+from relay import appkeys, drain, health, ingress, limits
 from relay.dedup import RecentIds
 from relay.errors import ConfigError
 from relay.health import Health
@@ -65,9 +65,10 @@ def create_app(settings: Settings) -> web.Application:
         # After the publisher: the drainer uses it, and stops before it closes.
         app.cleanup_ctx.append(drain.spool_ctx)
     app.cleanup_ctx.append(health.probe_ctx)
-    app.router.add_post(WEBHOOK_PATH, ingress.receive)
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
+    # limits.expect_continue: aiohttp's default answers 500 to a non-UTF-8 Expect value.
+    app.router.add_post(WEBHOOK_PATH, ingress.receive, expect_handler=limits.expect_continue)
+    app.router.add_get("/healthz", health.healthz, expect_handler=limits.expect_continue)
+    app.router.add_get("/readyz", health.readyz, expect_handler=limits.expect_continue)
     return app
 
 

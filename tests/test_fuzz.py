@@ -17,9 +17,6 @@ import base64
 import binascii
 import json
 import os
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,16 +29,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.sending import as_delivery, sign_ed25519
-from tests import rawhttp
+from tests import rawhttp, relayproc
 from tests.kafkautil import consume_all, unique_topic
-from tests.relayutil import ROOT
+from tests.relayproc import ServeProcess
 
 pytestmark = pytest.mark.chaos
 
 CHAOS = os.environ.get("HOOPAI_CHAOS") == "1"
 EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "5000" if CHAOS else "200"))
 #: what the relay may answer to anything a sender can put in one well-framed request
-DOCUMENTED = {200, 400, 401, 408, 413, 415, 429}
+DOCUMENTED = {200, 400, 401, 408, 413, 415, 417, 429}
 EVENT_TYPES = ["ContactCreate", "NoteCreate", "InboundMessage", "AppInstall", "", "Contact"]
 MUTATIONS = [
     "valid", "random body", "flip body", "truncate body", "flip signature",
@@ -64,64 +61,24 @@ class Case:
     clean: bool
 
 
-@dataclass(frozen=True)
-class Relay:
-    """A ``relay serve`` process for the fuzz run."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    prefix: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def fuzz_relay(
     kafka_bootstrap: str,
     public_key_files: tuple[Path, ...],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Relay]:
-    """``relay serve`` on 127.0.0.1, its log in a file (a pipe would fill and stall it)."""
-    folder = tmp_path_factory.mktemp("fuzz")
-    prefix = unique_topic("fuzz")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": "0",
-        "RELAY_METRICS_PORT": "0",
-        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_key_files),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_TOPIC_PREFIX": prefix,
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-    }
-    log = folder / "relay.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve"], env=env, cwd=folder, stdout=out, stderr=out
-        )
-    try:
-        yield Relay(proc, _wait_listening(proc, log), prefix, log)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], log: Path) -> int:
-    """The port from the relay's 'listening' log line, within 30 s."""
-    give_up = time.monotonic() + 30
-    while time.monotonic() < give_up:
-        assert proc.poll() is None, log.read_text()
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("message") == "listening":
-                port: int = entry["http"][1]
-                return port
-        time.sleep(0.1)
-    raise AssertionError(f"relay serve did not listen within 30 s: {log.read_text()}")
+) -> Iterator[ServeProcess]:
+    """``relay serve`` for the whole fuzz run, with topics of its own."""
+    with relayproc.serve(
+        kafka_bootstrap, public_key_files, tmp_path_factory.mktemp("fuzz"), unique_topic("fuzz")
+    ) as relay:
+        yield relay
 
 
 def _payloads() -> st.SearchStrategy[bytes]:
     """Delivery bodies: JSON events of known and unknown types, or any bytes at all."""
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=30))
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=30)
+    )
     events = st.builds(
         lambda kind, location, extra, webhook_id: as_delivery(
             {"type": kind, "locationId": location, **extra},
@@ -200,7 +157,7 @@ def _verifies(key: Ed25519PrivateKey, value: bytes, signature: bytes) -> bool:
 
 
 def test_fuzzed_deliveries_never_5xx_never_forged_into_kafka(
-    fuzz_relay: Relay, kafka_bootstrap: str, ed25519_key: Ed25519PrivateKey
+    fuzz_relay: ServeProcess, kafka_bootstrap: str, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """Every answer is documented, 200 only for authentic bodies; Kafka holds only verified."""
     statuses: Counter[str] = Counter()

@@ -307,3 +307,39 @@ async def test_every_answer_is_counted_by_status(
     assert [responses(relay, s) for s in (200, 405, 404)] == [1, 1, 1]
     records = await consume_all(bootstrap(relay), relay.topic("contacts"))
     assert [r.value for r in records] == [body]
+
+
+@pytest.mark.parametrize("value", [b"\x80", b"\xff\xfe", b"!", b"100-continue-please"])
+async def test_unknown_expect_is_417_not_500(
+    start_relay: StartRelay, ed25519_key: Ed25519PrivateKey, value: bytes
+) -> None:
+    """An Expect other than 100-continue, even not UTF-8: 417, counted, nothing produced."""
+    relay = await start_relay()
+    body = as_delivery({"type": "ContactCreate", "locationId": "loc-expect"})
+    data = rawhttp.request(body, [*signed(ed25519_key, body), (b"Expect", value)])
+    reply = await rawhttp.exchange(port_of(relay), [data])
+    assert reply.status == 417
+    assert responses(relay, 417) == 1
+    assert responses(relay, 500) == 0
+    await assert_nothing_produced(relay, ed25519_key)
+
+
+async def test_expect_100_continue_still_works(
+    start_relay: StartRelay, ed25519_key: Ed25519PrivateKey
+) -> None:
+    """A sender that waits for 100 Continue before its body gets it, then its 200."""
+    relay = await start_relay()
+    body = as_delivery({"type": "ContactCreate", "locationId": "loc-continue"})
+    head = rawhttp.request(None, [*signed(ed25519_key, body), (b"Expect", b"100-continue")],
+                           content_length=len(body))  # fmt: skip
+    reader, writer = await asyncio.open_connection(rawhttp.HOST, port_of(relay))
+    try:
+        writer.write(head)
+        async with asyncio.timeout(SLACK_S):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        async with asyncio.timeout(SLACK_S):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")

@@ -1,0 +1,96 @@
+"""``relay serve`` as a process of its own, for figures about that process (RSS, fds).
+
+A relay in the test's own process would share its memory, descriptors and event loop
+with the load generator; the fuzz, overload and memory tests use this one instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.relayutil import ROOT
+
+
+@dataclass(frozen=True)
+class ServeProcess:
+    """A running ``relay serve``: its process, ports, topic prefix and log file."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    prefix: str
+    log: Path
+
+    @property
+    def webhook_url(self) -> str:
+        """Where HoopAI would POST."""
+        return f"http://127.0.0.1:{self.port}/webhooks/hoopai"
+
+    def rss_mib(self) -> float:
+        """The process's resident memory now (``VmRSS``), in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"/proc/{self.proc.pid}/status has no VmRSS")
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from the relay's own /metrics endpoint."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not in /metrics")
+
+
+@contextlib.contextmanager
+def serve(
+    kafka_bootstrap: str, public_keys: tuple[Path, ...], folder: Path, prefix: str, **settings: str
+) -> Iterator[ServeProcess]:
+    """Run ``relay serve`` on 127.0.0.1 with ``RELAY_<NAME>`` for each setting; stop it after."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "RELAY_HTTP_HOST": "127.0.0.1",
+        "RELAY_HTTP_PORT": "0",
+        "RELAY_METRICS_PORT": "0",
+        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_keys),
+        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
+        "RELAY_TOPIC_PREFIX": prefix,
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        **{f"RELAY_{name.upper()}": value for name, value in settings.items()},
+    }
+    log = folder / "relay.log"
+    # The log goes to a file: a pipe nobody reads would fill and stall the relay.
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve"], env=env, cwd=folder, stdout=out, stderr=out
+        )
+    try:
+        port, metrics_port = _wait_listening(proc, log)
+        yield ServeProcess(proc, port, metrics_port, prefix, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=40)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], log: Path) -> tuple[int, int]:
+    """The webhook and metrics ports from the 'listening' log line, within 30 s."""
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        assert proc.poll() is None, log.read_text()
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("message") == "listening":
+                return int(entry["http"][1]), int(entry["metrics"][1])
+        time.sleep(0.1)
+    raise AssertionError(f"relay serve did not listen within 30 s: {log.read_text()}")
