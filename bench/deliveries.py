@@ -8,14 +8,18 @@ an Ed25519 key made for this run only. The relay under test trusts the public ha
 
 The requests are stored as complete HTTP/1.1 requests, each behind its length in ten ASCII
 digits, so that the Python load generator and wrk's Lua script both read them unchanged.
+Each target gets the request shape it understands, built from the same deliveries: a
+HoopAI delivery (:meth:`Delivery.http_request`), or a Strimzi Kafka Bridge produce request
+carrying the same body and the same key (:func:`bridge_request`).
 """
 
 from __future__ import annotations
 
+import base64
 import random
 import statistics
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,11 +38,12 @@ _LENGTH_DIGITS: Final = 10
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One body and its ``X-GHL-Signature``."""
+    """One body, its ``X-GHL-Signature`` and its location id (the Kafka key)."""
 
     event_type: str
     body: bytes
     signature: str
+    location: str
 
     def http_request(self) -> bytes:
         """The whole request as it goes on the wire (keep-alive, no port in ``Host``)."""
@@ -48,6 +53,28 @@ class Delivery:
             f"X-GHL-Signature: {self.signature}\r\nContent-Length: {len(self.body)}\r\n\r\n"
         )
         return head.encode("ascii") + self.body
+
+
+#: the bridge's embedded format whose values are base64 bytes, stored in Kafka unchanged
+BRIDGE_CONTENT_TYPE: Final = "application/vnd.kafka.binary.v2+json"
+
+
+def bridge_request(delivery: Delivery, topic: str) -> bytes:
+    """The same record as a Strimzi Kafka Bridge produce request (``POST /topics/<topic>``).
+
+    The binary embedded format carries key and value base64-encoded, so the record lands in
+    Kafka byte for byte as the relay writes it: the body as value, the location id as key.
+    """
+    record = {
+        "key": base64.b64encode(delivery.location.encode()).decode("ascii"),
+        "value": base64.b64encode(delivery.body).decode("ascii"),
+    }
+    body = orjson.dumps({"records": [record]})
+    head = (
+        f"POST /topics/{topic} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: {BRIDGE_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 def templates() -> dict[str, list[dict[str, object]]]:
@@ -91,7 +118,7 @@ def build(
         object_field = "_id" if "_id" in payload else "id"
         payload[object_field] = f"{tag}{n:09d}"
         body = as_delivery(payload, webhook_id=str(uuid.uuid4()))
-        out.append(Delivery(event_type, body, sign_ed25519(key, body)))
+        out.append(Delivery(event_type, body, sign_ed25519(key, body), location))
     return out
 
 
@@ -110,11 +137,15 @@ def write_public_key(key: Ed25519PrivateKey, path: Path) -> Path:
     return path
 
 
-def write_requests(deliveries: Sequence[Delivery], path: Path) -> Path:
-    """Store the deliveries as length-prefixed HTTP requests; return ``path``."""
+def write_requests(
+    deliveries: Sequence[Delivery],
+    path: Path,
+    build: Callable[[Delivery], bytes] = Delivery.http_request,
+) -> Path:
+    """Store the deliveries as length-prefixed HTTP requests made by ``build``; return ``path``."""
     with path.open("wb") as out:
         for delivery in deliveries:
-            raw = delivery.http_request()
+            raw = build(delivery)
             out.write(b"%0*d" % (_LENGTH_DIGITS, len(raw)))
             out.write(raw)
     return path

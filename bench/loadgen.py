@@ -100,7 +100,9 @@ class Connection(asyncio.Protocol):
             return
         head = bytes(self._buffer[:end]).lower()
         at = head.find(_LENGTH)
-        length = int(head[at + len(_LENGTH) : head.find(b"\r\n", at + 2)]) if at >= 0 else 0
+        # Content-Length may be the last header (the bridge, uvicorn): then no CRLF follows.
+        stop = head.find(b"\r\n", at + 2)
+        length = int(head[at + len(_LENGTH) : stop if stop >= 0 else None]) if at >= 0 else 0
         if len(self._buffer) < end + 4 + length:
             return
         del self._buffer[: end + 4 + length]

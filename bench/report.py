@@ -12,6 +12,8 @@ NAMES: Final = {
     "verify": "verification ceiling (aiohttp + 1 Ed25519 verify)",
     "relay": "relay (`relay serve`, verify + Kafka acks=all)",
     "relay-spool": "relay, spooling (`relay serve`, verify + fsync to RELAY_SPOOL_DIR, Kafka away)",
+    "bridge": "peer: Strimzi Kafka Bridge (no verify, Kafka acks=all)",
+    "fastapi": "peer: FastAPI + aiokafka (verify + send_and_wait, acks=all)",
     "kafka": "Kafka ceiling (ProducerPerformance, acks=all)",
 }
 HEADLINE_GOAL: Final = 0.80
@@ -38,15 +40,24 @@ def _errors(point: Result) -> int:
     return int(bad + sum(point["errors"].values()))
 
 
+def measured(results: Result) -> dict[str, Result]:
+    """The targets that ran (a skipped one only has ``{"skipped": reason}``)."""
+    return {name: t for name, t in results["targets"].items() if "skipped" not in t}
+
+
 def markdown(results: Result) -> str:
     """The summary table, the per-point table, and the headline ratio."""
-    fractions = [
-        p["fraction"] for p in next(iter(results["targets"].values()), {"points": []})["points"]
-    ]
+    ran = measured(results)
+    fractions = [p["fraction"] for p in next(iter(ran.values()), {"points": []})["points"]]
     head = ["target", "max /s"] + [f"@{f:.0%}: p50 / p99 / p99.9 ms" for f in fractions]
     head += ["CPU s / 1k (target)", "CPU s / 1k (broker)", "peak RSS MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, target in results["targets"].items():
+        if "skipped" in target:
+            reason = " ".join(str(target["skipped"]).split()).replace("|", "/")
+            cells = [NAMES.get(name, name), f"not run: {reason}"] + ["-"] * (len(head) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         top = target["max"]
         rss = max(p["peak_rss_kib"] for p in [top, *target["points"]]) / 1024
         cells = [NAMES.get(name, name), f"{top['rate']:,.0f}"]
@@ -83,7 +94,7 @@ def markdown(results: Result) -> str:
         "other cores (steal)",
     ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, target in results["targets"].items():
+    for name, target in measured(results).items():
         for point in [target["max"], *target["points"]]:
             label = f"{point['fraction']:.0%}" if "fraction" in point else "max"
             offered = point["offered_rate"]
@@ -107,7 +118,7 @@ def markdown(results: Result) -> str:
                 f"{point['other_cores']:.2f} ({point.get('steal_cores', 0.0):.2f})",
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    for name, target in results["targets"].items():
+    for name, target in measured(results).items():
         for point in [target["max"], *target["points"]]:
             outcomes = point.get("relay_outcomes", {})
             if set(outcomes) - {"accepted", "spooled"}:
@@ -132,7 +143,7 @@ def plot(results: Result, path: Path) -> bool:
         return False
     figure, axes = plt.subplots(figsize=(12, 5.5))
     styles = {"p50": "-", "p99": "--", "p99.9": ":"}
-    for index, (name, target) in enumerate(results["targets"].items()):
+    for index, (name, target) in enumerate(measured(results).items()):
         points = sorted(target["points"], key=lambda p: float(p["offered_rate"]))
         colour = f"C{index}"
         xs = [float(p["offered_rate"]) for p in points]

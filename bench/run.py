@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -33,14 +34,16 @@ from typing import Any, Final
 from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import deliveries, kafkaperf, report, wrk
+from bench import bridge, deliveries, kafkaperf, report, wrk
 from bench.procstat import Jiffies, cpu_seconds, peak_rss_kib
 from bench.targets import (
     REPO,
     Server,
     child_env,
     run_child,
+    start_bridge,
     start_ceiling,
+    start_fastapi,
     start_relay,
     start_spooling_relay,
 )
@@ -52,7 +55,9 @@ from relay.topics import ensure_topics
 sys.path.insert(0, str(REPO / "dev"))
 import localkafka  # the harness lives in dev/, outside the package
 
-TARGETS: Final = ("http", "verify", "relay", "relay-spool", "kafka")
+TARGETS: Final = ("http", "verify", "relay", "relay-spool", "bridge", "fastapi", "kafka")
+#: the peers, each producing to a topic of its own, ``<prefix>.<target>``
+PEERS: Final = ("bridge", "fastapi")
 WARM_DELIVERIES: Final = 5000
 Result = dict[str, Any]
 
@@ -75,6 +80,16 @@ class Plan:
     warm_requests: Path
     public_key: Path
     record_size: int
+    #: the bridge's own request shape of the same deliveries: measured, warm-up
+    bridge_requests: tuple[Path, Path] | None = None
+    #: the bridge's jars and the Java that runs them, once found
+    bridge_setup: tuple[Path, bridge.Java] | None = None
+
+    def request_files(self, target: str) -> tuple[Path, Path]:
+        """The measured and the warm-up requests in the shape ``target`` takes."""
+        if target == "bridge" and self.bridge_requests is not None:
+            return self.bridge_requests
+        return self.requests, self.warm_requests
 
 
 def _loadgen(
@@ -142,22 +157,28 @@ def _start(plan: Plan, target: str) -> Server:
         return start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, plan.relay_env)
     if target == "relay-spool":
         return start_spooling_relay(plan.logs, plan.public_key, plan.prefix, plan.relay_env)
+    if target == "fastapi":
+        topic = f"{plan.prefix}.fastapi"
+        return start_fastapi(plan.logs, plan.public_key, plan.bootstrap, topic)
+    if target == "bridge" and plan.bridge_setup is not None:
+        return start_bridge(plan.logs, *plan.bridge_setup, plan.bootstrap)
     return start_ceiling(target, plan.logs, plan.public_key if target == "verify" else None)
 
 
 def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Result:
     """One point against a fresh target: warm up, then measure."""
     print(f"bench: {target} {label} ...", file=sys.stderr, flush=True)
+    requests, warm_requests = plan.request_files(target)
     server = _start(plan, target)
     try:
         server.wait_ready()
-        warm = _loadgen(plan, server.port, plan.warm_requests, plan.warmup, rate)
+        warm = _loadgen(plan, server.port, warm_requests, plan.warmup, rate)
         run_child(
             warm, child_env(), plan.warmup * 3 + 60, plan.logs / f"{target}-{label}-warmup.out"
         )
         if rate is None and plan.use_wrk:
             argv = wrk.command(server.port, plan.duration, plan.connections)
-            env = child_env({"BENCH_REQUESTS": str(plan.requests)})
+            env = child_env({"BENCH_REQUESTS": str(requests)})
             result = _measure(
                 plan,
                 f"{target}-{label}",
@@ -167,7 +188,7 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
                 lambda out: wrk.parse(out, plan.connections),
             )
         else:
-            argv = _loadgen(plan, server.port, plan.requests, plan.duration, rate)
+            argv = _loadgen(plan, server.port, requests, plan.duration, rate)
             result = _measure(plan, f"{target}-{label}", argv, child_env(), server, json.loads)
     finally:
         server.stop()
@@ -244,10 +265,12 @@ def machine(use_wrk: bool) -> Result:
     model = next(
         (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?"
     )
-    versions = {
-        name: importlib.metadata.version(name)
-        for name in ("hoopai-relay", "aiohttp", "aiokafka", "cryptography", "orjson")
-    }
+    versions = {}
+    names = ("hoopai-relay", "aiohttp", "aiokafka", "cryptography", "orjson")
+    # The FastAPI peer's stack, from the bench extra.
+    for name in (*names, "fastapi", "starlette", "uvicorn", "uvloop", "httptools"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
@@ -261,23 +284,46 @@ def machine(use_wrk: bool) -> Result:
     }
 
 
-def _prepare(args: argparse.Namespace, logs: Path) -> tuple[Path, Path, Path, int]:
-    """Sign the deliveries; the two request files, the public key, the median body size.
+def _prepare(
+    args: argparse.Namespace, logs: Path, bridge_topic: str | None
+) -> tuple[Path, Path, Path, int, tuple[Path, Path] | None]:
+    """Sign the deliveries; the request files, the public key, the median body size.
 
-    The measured set and the warm-up set are distinct, so that no delivery the relay saw
-    while warming up comes back during the measurement.
+    With a ``bridge_topic``, the same two sets are also written as bridge requests. The
+    measured set and the warm-up set are distinct, so that no delivery the relay saw while
+    warming up comes back during the measurement.
     """
     key = Ed25519PrivateKey.generate()
     measured = deliveries.build(args.deliveries, key, locations=args.locations, seed=args.seed)
     warm = deliveries.build(
         WARM_DELIVERIES, key, locations=args.locations, seed=args.seed + 1, tag="w"
     )
+    bridge_files = None
+    if bridge_topic is not None:
+
+        def build(delivery: deliveries.Delivery) -> bytes:
+            return deliveries.bridge_request(delivery, bridge_topic)
+
+        bridge_files = (
+            deliveries.write_requests(measured, logs / "bridge-requests.bin", build),
+            deliveries.write_requests(warm, logs / "bridge-warm-requests.bin", build),
+        )
     return (
         deliveries.write_requests(measured, logs / "requests.bin"),
         deliveries.write_requests(warm, logs / "warm-requests.bin"),
         deliveries.write_public_key(key, logs / "bench-ed25519.pem"),
         deliveries.median_body_size(measured),
+        bridge_files,
     )
+
+
+def _bridge_setup(logs: Path) -> tuple[Path, bridge.Java] | str:
+    """The bridge's jars and its Java, or why it cannot run here."""
+    try:
+        java = bridge.find_java()
+        return bridge.fetch(java, logs / "bridge-fetch.log"), java
+    except bridge.BridgeUnavailable as exc:
+        return str(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -340,7 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
 
     print(f"bench: signing {args.deliveries} + {WARM_DELIVERIES} deliveries ...", file=sys.stderr)
-    requests, warm_requests, public_key, record_size = _prepare(args, logs)
+    prefix = f"bench-{run_id}"
+    setup = _bridge_setup(logs) if "bridge" in targets else None
+    skipped = {"bridge": setup} if isinstance(setup, str) else {}
+    for target, reason in skipped.items():
+        print(f"bench: WARNING {target} cannot run here: {reason}", file=sys.stderr)
+    bridge_topic = f"{prefix}.bridge" if "bridge" in targets and not skipped else None
+    requests, warm_requests, public_key, record_size, bridge_files = _prepare(
+        args, logs, bridge_topic
+    )
     plan = Plan(
         duration=args.duration,
         warmup=args.warmup,
@@ -349,21 +403,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_wrk=use_wrk,
         bootstrap=broker.bootstrap,
         broker_pid=pid,
-        prefix=f"bench-{run_id}",
+        prefix=prefix,
         relay_env=dict(kv.split("=", 1) for kv in args.relay_env),
         logs=logs,
         requests=requests,
         warm_requests=warm_requests,
         public_key=public_key,
         record_size=record_size,
+        bridge_requests=bridge_files,
+        bridge_setup=None if isinstance(setup, str) else setup,
     )
     kafka_topic = f"{plan.prefix}.kafka-ceiling"
     relay_topics = all_topics(load_routes(REPO / "config" / "routes.toml", plan.prefix))
+    peer_topics = [f"{plan.prefix}.{peer}" for peer in PEERS if peer in targets]
     results: Result = {
         "run_id": run_id,
         "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(use_wrk),
+        "machine": {
+            **machine(use_wrk),
+            "bridge": None
+            if plan.bridge_setup is None
+            else {"version": bridge.version(), "java": plan.bridge_setup[1].version},
+        },
         "settings": {
             **{k: str(v) for k, v in vars(args).items()},
             "record_size": plan.record_size,
@@ -374,14 +436,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     began = time.monotonic()
     try:
-        if "kafka" in targets:
-            asyncio.run(_topics(plan.bootstrap, [kafka_topic], delete=False))
+        ours = [*([kafka_topic] if "kafka" in targets else []), *peer_topics]
+        if ours:
+            asyncio.run(_topics(plan.bootstrap, ours, delete=False))
         for target in targets:
+            if target in skipped:
+                results["targets"][target] = {"skipped": skipped[target]}
+                continue
             results["targets"][target] = measure_target(plan, target, kafka_topic)
     finally:
         if not args.keep_topics:
-            asyncio.run(_topics(plan.bootstrap, [*relay_topics, kafka_topic], delete=True))
-        for name in ("requests.bin", "warm-requests.bin"):
+            every = [*relay_topics, kafka_topic, *peer_topics]
+            asyncio.run(_topics(plan.bootstrap, every, delete=True))
+        for name in (
+            "requests.bin",
+            "warm-requests.bin",
+            "bridge-requests.bin",
+            "bridge-warm-requests.bin",
+        ):
             (logs / name).unlink(missing_ok=True)
     results["seconds"] = round(time.monotonic() - began, 1)
     results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from bench import bridge
 from bench.procstat import peak_rss_kib
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -57,6 +58,8 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     metrics_port: int | None = None
+    #: where readiness is asked: ``(port, path)``; by default ``/readyz`` on ``port``
+    ready_at: tuple[int, str] | None = None
 
     @property
     def pid(self) -> int:
@@ -65,12 +68,13 @@ class Server:
 
     def wait_ready(self) -> None:
         """Return once ``/readyz`` answers 200 (for the relay: Kafka reached)."""
+        port, path = self.ready_at or (self.port, "/readyz")
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
             try:
-                url = f"http://127.0.0.1:{self.port}/readyz"
+                url = f"http://127.0.0.1:{port}{path}"
                 with urllib.request.urlopen(url, timeout=2) as answer:
                     if answer.status == 200:
                         return
@@ -143,6 +147,23 @@ def start_relay(
     # defaults and the variables above apply.
     argv = [sys.executable, "-m", "relay", "serve"]
     return Server("relay", _spawn("relay", argv, env, logs / "relay.log"), port, metrics_port)
+
+
+def start_fastapi(logs: Path, public_key: Path, bootstrap: str, topic: str) -> Server:
+    """The FastAPI/aiokafka peer (:mod:`bench.peer_fastapi`) under uvicorn, one worker."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.peer_fastapi", "--port", str(port)]
+    argv += ["--public-key", str(public_key), "--bootstrap", bootstrap, "--topic", topic]
+    return Server("fastapi", _spawn("fastapi", argv, child_env(), logs / "fastapi.log"), port)
+
+
+def start_bridge(logs: Path, libs: Path, java: bridge.Java, bootstrap: str) -> Server:
+    """The Strimzi Kafka Bridge's JVM, producer endpoints only; ready when its ``/ready`` is."""
+    port, management_port = free_port(), free_port()
+    config = bridge.write_config(logs / "bridge", port, management_port, bootstrap)
+    argv = bridge.command(java, libs, config)
+    process = _spawn("bridge", argv, child_env(), logs / "bridge.log")
+    return Server("bridge", process, port, ready_at=(management_port, "/ready"))
 
 
 @dataclass(frozen=True, slots=True)
