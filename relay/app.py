@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from relay import appkeys, drain, health, ingress, limits
 from relay.dedup import RecentIds
@@ -72,12 +72,12 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def create_metrics_app(metrics: Metrics) -> web.Application:
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
     """A separate application for ``/metrics``, served on its own port."""
 
     async def scrape(request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     app = web.Application()

@@ -30,7 +30,7 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
     lines = [
         "configuration OK",
         f"listen:          {scheme}://{settings.http_host}:{settings.http_port}, "
-        f"metrics on port {settings.metrics_port}",
+        f"metrics on port {settings.metrics_port}, {settings.workers} process(es)",
         f"kafka:           {','.join(settings.kafka_bootstrap_servers)}",
         f"spool:           {spool}",
         f"security:        {security}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -11,11 +12,11 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from relay import __version__, checkconfig, keygen, logs, send, tail
+from relay import __version__, checkconfig, keygen, logs, send, tail, workers
 from relay.app import load_keys, load_routing
 from relay.errors import ConfigError
 from relay.samples import sample, sample_names
-from relay.server import serve, tls_context
+from relay.server import run_event_loop, serve, tls_context
 from relay.settings import Settings
 
 #: exit status for bad configuration, as for a usage error
@@ -50,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hoopai-relay {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser(
-        "serve", help="run the webhook ingress (settings from RELAY_* variables)"
-    ).set_defaults(run=_serve)
+    _add_serve(
+        commands.add_parser(
+            "serve", help="run the webhook ingress (settings from RELAY_* variables)"
+        )
+    )
     commands.add_parser(
         "check-config",
         help="load and validate the settings, keys and routes as serve does; print a summary",
@@ -61,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_send(commands.add_parser("send", help="sign and POST a sample delivery, as HoopAI does"))
     _add_tail(commands.add_parser("tail", help="print the records of the relay's topics"))
     return parser
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``relay serve``."""
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="processes sharing the port, e.g. one per core (default: RELAY_WORKERS, else 1)",
+    )
+    # Set by the supervisor on the processes it starts (relay/workers.py).
+    parser.add_argument(workers.WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(run=_serve)
 
 
 def _add_keygen(parser: argparse.ArgumentParser) -> None:
@@ -159,10 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """``relay serve``: run until SIGTERM or SIGINT."""
+    """``relay serve``: run until SIGTERM or SIGINT; with ``--workers N``, N processes."""
     settings = Settings.load(os.environ)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+        settings.validate()
     logs.configure(settings.log_level)
-    asyncio.run(serve(settings))
+    if args.worker:  # started by the supervisor below, which checked the spool layout
+        run_event_loop(serve(settings, worker=True))
+        return 0
+    workers.check_spool_layout(settings)
+    if settings.workers > 1:
+        return workers.supervise(settings, os.environ)
+    run_event_loop(serve(settings))
     return 0
 
 
@@ -172,6 +197,7 @@ def _check_config(args: argparse.Namespace) -> int:
     keys = load_keys(settings)
     routes = load_routing(settings)
     tls_context(settings)  # serve loads the certificate and key as well
+    workers.check_spool_layout(settings)
     print("\n".join(checkconfig.summary(settings, keys, routes)))
     return 0
 

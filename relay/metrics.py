@@ -1,5 +1,9 @@
 """Prometheus metrics of one relay process, in a registry of its own.
 
+Under ``relay serve --workers N`` each worker writes its values to files that the
+supervisor adds up (relay/workers.py); every gauge says how (``multiprocess_mode``), and is
+ignored otherwise.
+
 Every label value comes from a closed set defined in the code (outcomes, rejection
 reasons, error classes, the 17 known event types plus "other"): never from a payload,
 so a hostile sender cannot create series.
@@ -82,18 +86,37 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "relay_in_flight_requests", "Requests waiting for a Kafka ack.", registry=r
+            "relay_in_flight_requests",
+            "Requests waiting for a Kafka ack.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
+        self.http_responses = Counter(
+            "relay_http_responses",
+            "Every answer the HTTP server wrote, by status, including aiohttp's own 400s "
+            "for requests it could not parse (those never reach the handler).",
+            ["status"],
+            registry=r,
+        )
+        # process_open_fds and process_resident_memory_bytes: connection floods, memory bound.
+        ProcessCollector(registry=r)
         # The spool (RELAY_SPOOL_DIR); the gauges read the spool itself (relay/drain.py).
         self.spool_bytes = Gauge(
-            "relay_spool_bytes", "Bytes of spool segments on disk.", registry=r
+            "relay_spool_bytes",
+            "Bytes of spool segments on disk.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.spool_records = Gauge(
-            "relay_spool_records", "Spooled records not yet acknowledged by Kafka.", registry=r
+            "relay_spool_records",
+            "Spooled records not yet acknowledged by Kafka.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.spool_oldest_age = Gauge(
             "relay_spool_oldest_record_age_seconds",
             "Age of the oldest spooled record not yet acknowledged (0 when empty).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.spool_appends = Counter(
@@ -108,16 +131,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.http_responses = Counter(
-            "relay_http_responses",
-            "Every answer the HTTP server wrote, by status, including aiohttp's own 400s "
-            "for requests it could not parse (those never reach the handler).",
-            ["status"],
-            registry=r,
-        )
-        # process_open_fds and process_resident_memory_bytes: connection floods, memory bound.
-        ProcessCollector(registry=r)
         self.build_info = Gauge(
-            "relay_build_info", "Always 1; the version is a label.", ["version"], registry=r
+            "relay_build_info",
+            "Always 1; the version is a label.",
+            ["version"],
+            multiprocess_mode="max",
+            registry=r,
         )
         self.build_info.labels(version=__version__).set(1)

@@ -24,6 +24,7 @@ CONFIG_FILE_VARIABLE: Final = "RELAY_CONFIG_FILE"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_MAX_WORKERS = 64  # one per core; more only multiplies producers and broker connections
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: settings that may only come from the environment (or a file named in the config)
@@ -72,6 +73,8 @@ class Settings:
     drain_delay_s: float = 5.0
     shutdown_grace_s: float = 25.0
     log_level: str = "INFO"
+    #: relay processes sharing the port (``relay serve --workers``); see relay/workers.py
+    workers: int = 1
     #: None: no spool, a 2xx only after Kafka's ack (see the README, "What a 2xx means").
     spool_dir: Path | None = None
     spool_max_bytes: int = 1024 * 1024 * 1024
@@ -128,6 +131,7 @@ class Settings:
             ("kafka_security_protocol", self.kafka_security_protocol in _SECURITY_PROTOCOLS),
             ("kafka_sasl_mechanism", self.kafka_sasl_mechanism in _SASL_MECHANISMS),
             ("log_level", self.log_level in _LOG_LEVELS),
+            ("workers", 1 <= self.workers <= _MAX_WORKERS),
             ("ready_check_interval_s", self.ready_check_interval_s > 0),
             ("drain_delay_s", self.drain_delay_s >= 0),
             ("shutdown_grace_s", self.shutdown_grace_s > self.drain_delay_s),
@@ -267,6 +271,7 @@ def _upper(raw: str) -> str:
 _CASTS: dict[str, Callable[[str], object]] = {
     "http_host": _text,
     "http_port": _int,
+    "workers": _int,
     "metrics_port": _int,
     "tls_cert_file": _optional_path,
     "tls_key_file": _optional_path,

@@ -13,7 +13,7 @@ import binascii
 import enum
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -22,18 +22,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
-# Inline or executor? Measured on the dev box (2 vCPU AMD EPYC, shared and noisy; CPython 3.11.7,
-# cryptography 50.0.2, OpenSSL 4.0.3), 1140-byte body, `python -m timeit -n 2000 -r 5`:
-#   one Ed25519 verify:  ~150-170 us best of 5 (150-300 us under load from other jobs)
-#   one RSA-4096 verify: ~100-110 us best of 5 (e = 65537, so cheaper than Ed25519 here)
-# Cost grows with the body (hashing): 16 KiB ~ the same, 256 KiB ~ 700 us Ed25519 / ~370 us RSA.
-# A failing verify costs the same as a passing one, times the number of keys of the scheme.
-# Decision: run verify() INLINE on the event loop. ~0.15-0.2 ms per request is at the top of the
-# "fine inline" range and far inside the 5 s answer budget, and an executor would not help:
-# cryptography holds the GIL during verify (2 threads gave 1.1x the throughput of 1, not 2x)
-# and one run_in_executor hop alone measured ~140-160 us, i.e. it doubles the cost for nothing.
-# Revisit only if bodies get large (cap the request size) or the key set grows to many keys.
+# Ed25519 through libsodium (PyNaCl), keys still parsed and pinned with cryptography: on the dev
+# box (2 vCPU AMD EPYC, shared), 723-byte body, best of 5 x 3,000 verifies, one core:
+#   cryptography 50.0.2 (OpenSSL): ~150-270 us;  PyNaCl 1.6.2 (libsodium): ~85-150 us
+# libsodium is also the stricter of the two (it refuses non-canonical encodings and small-order
+# keys), which costs nothing for a genuine sender. RSA-4096 (e = 65537) stays on cryptography
+# at ~100-110 us. Reproduce: `python -m bench.verifycost`.
+# Inline or executor? INLINE on the event loop. ~0.1-0.2 ms per request is far inside the 5 s
+# answer budget, and an executor would not help: the verify holds the GIL (2 threads gave 1.1x
+# the throughput of 1, not 2x) and one run_in_executor hop alone measured ~140-160 us. Cost
+# grows with the body (hashing), which max_body_bytes caps; a failing verify costs the same as
+# a passing one, times the number of keys of the scheme.
 
 _MISSING_LITERAL = "N/A"
 _ED25519_SIGNATURE_LENGTH = 64
@@ -66,6 +68,13 @@ class KeySet:
 
     ed25519: tuple[Ed25519PublicKey, ...]
     rsa: tuple[RSAPublicKey, ...]
+    #: the Ed25519 keys as libsodium verifiers, built once (see the figures above)
+    ed25519_verifiers: tuple[VerifyKey, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        verifiers = tuple(VerifyKey(key.public_bytes(*raw)) for key in self.ed25519)
+        object.__setattr__(self, "ed25519_verifiers", verifiers)  # frozen: set once, here
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +114,7 @@ def _decode(value: str) -> bytes | None:
         return None
 
 
-def _verify_ed25519(
-    body: bytes, value: str, keys: tuple[Ed25519PublicKey, ...]
-) -> Verified | Rejected:
+def _verify_ed25519(body: bytes, value: str, keys: tuple[VerifyKey, ...]) -> Verified | Rejected:
     """Check an ``X-GHL-Signature`` value against every Ed25519 key."""
     if not keys:
         return Rejected(Reason.NO_KEY)
@@ -118,8 +125,8 @@ def _verify_ed25519(
         return Rejected(Reason.BAD_LENGTH)
     for key in keys:
         try:
-            key.verify(signature, body)
-        except InvalidSignature:
+            key.verify(body, signature)
+        except BadSignatureError:
             continue
         return Verified(Scheme.ED25519, value)
     return Rejected(Reason.BAD_SIGNATURE)
@@ -156,7 +163,7 @@ def verify(
     ghl = _present(ghl_signature)
     if ghl is not None:
         # A present Ed25519 header decides alone: no fallback to RSA if it fails.
-        return _verify_ed25519(body, ghl, keys.ed25519)
+        return _verify_ed25519(body, ghl, keys.ed25519_verifiers)
     wh = _present(wh_signature)
     if wh is None:
         return Rejected(Reason.MISSING)

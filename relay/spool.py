@@ -52,7 +52,7 @@ _HEADER: Final = struct.Struct(">4sII")
 HEADER_SIZE: Final = _HEADER.size
 #: a length field above this is damage, not a record (bodies are capped far lower)
 MAX_PAYLOAD: Final = 64 * 1024 * 1024
-_SUFFIX: Final = ".seg"
+SEGMENT_SUFFIX: Final = ".seg"
 _U16, _U32, _I32, _U64 = (struct.Struct(f">{c}") for c in "HIiQ")
 # Drainer reads: enough for a batch of small records, and always one whole frame.
 _READ_CHUNK: Final = 4 * 1024 * 1024
@@ -208,7 +208,7 @@ def scan(buf: bytes) -> Scan:
 
 def segment_name(seq: int) -> str:
     """The file name of segment ``seq``."""
-    return f"{seq:020d}{_SUFFIX}"
+    return f"{seq:020d}{SEGMENT_SUFFIX}"
 
 
 # --- the storage -----------------------------------------------------------------------------
@@ -335,7 +335,7 @@ class Spool:
             raise ConfigError(
                 f"RELAY_SPOOL_DIR={self.directory}: another relay holds its lock"
             ) from None
-        paths = sorted(self.directory.glob(f"*{_SUFFIX}"))
+        paths = sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}"))
         for index, path in enumerate(paths):
             seq = int(path.stem)
             self._next_seq = max(self._next_seq, seq + 1)

@@ -45,7 +45,7 @@ class StartRelay(Protocol):
 
 async def scrape(http: aiohttp.ClientSession, relay: RunningRelay) -> str:
     """The relay's /metrics text, served on a port of its own as ``relay serve`` does."""
-    runner = await server.start(create_metrics_app(relay.app[appkeys.METRICS]), "127.0.0.1", 0)
+    runner = await server.start(create_metrics_app(relay.app[appkeys.METRICS].registry), "127.0.0.1", 0)
     try:
         host, port = runner.addresses[0][:2]
         async with http.get(f"http://{host}:{port}/metrics") as response:

@@ -1,0 +1,218 @@
+"""``relay serve --workers N``: several processes on one port, one ``/metrics``, one shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.sending import as_delivery, sign_ed25519
+from relay.settings import Settings
+from relay.spool import SEGMENT_SUFFIX
+from relay.workers import stranded_spools, worker_env
+from tests.kafkautil import consume_all, unique_topic
+from tests.relayutil import ROOT
+
+WORKERS = 2
+DELIVERIES = 60
+
+
+def free_port() -> int:
+    """A port nothing listens on now; the workers bind it together, so 0 would not do."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Supervisor:
+    """A running ``relay serve --workers N`` and what its shared stdout said."""
+
+    proc: asyncio.subprocess.Process
+    url: str
+    metrics_url: str
+    topic_prefix: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    def pids_saying(self, message: str) -> set[int]:
+        """The pids that logged ``message``."""
+        return {line["pid"] for line in self.lines if line["message"] == message}
+
+    def worker_pids(self) -> set[int]:
+        """The pids that logged "listening": the workers."""
+        return self.pids_saying("listening")
+
+    async def read_until(self, predicate: Any) -> None:
+        """Collect log lines until ``predicate(self)`` holds (at most 30 s)."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            while not predicate(self):
+                line = await self.proc.stdout.readline()
+                assert line, "relay serve exited early"
+                self.lines.append(json.loads(line))
+
+    async def read_rest(self) -> None:
+        """Collect the log lines left once the process has exited."""
+        assert self.proc.stdout is not None
+        rest = await self.proc.stdout.read()
+        self.lines += [json.loads(line) for line in rest.splitlines() if line]
+
+
+@pytest.fixture
+async def supervisor(
+    kafka_bootstrap: str, public_key_files: tuple[Path, ...], tmp_path: Path
+) -> AsyncIterator[Supervisor]:
+    """``relay serve --workers 2`` on a fixed free port, its workers listening."""
+    port, metrics_port = free_port(), free_port()
+    prefix = unique_topic("workers")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "RELAY_HTTP_HOST": "127.0.0.1",
+        "RELAY_HTTP_PORT": str(port),
+        "RELAY_METRICS_PORT": str(metrics_port),
+        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_key_files),
+        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
+        "RELAY_TOPIC_PREFIX": prefix,
+        "RELAY_CREATE_TOPICS": "true",
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "RELAY_DRAIN_DELAY_S": "0",
+        "RELAY_SHUTDOWN_GRACE_S": "10",
+        "RELAY_LOG_LEVEL": "DEBUG",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "serve", "--workers", str(WORKERS),
+        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        limit=1 << 24,  # aiokafka's DEBUG lines can be long
+    )  # fmt: skip
+    running = Supervisor(
+        proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", prefix
+    )
+    try:
+        await running.read_until(lambda s: len(s.worker_pids()) == WORKERS)
+        # Every worker has its own producer: wait for each, not for whichever /readyz hits.
+        await running.read_until(lambda s: len(s.pids_saying("kafka producer started")) == WORKERS)
+        yield running
+    finally:
+        for pid in [proc.pid, *running.worker_pids()]:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            await proc.stdout.read()  # until every worker has let go of the pipe
+            await proc.wait()
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (and been reaped, or is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_workers_share_the_port_and_the_metrics(
+    supervisor: Supervisor, kafka_bootstrap: str, ed25519_key: Ed25519PrivateKey
+) -> None:
+    """Deliveries spread over both workers, all land in Kafka, /metrics counts them all."""
+    topic = f"{supervisor.topic_prefix}.contacts"
+    bodies = [
+        as_delivery({"type": "ContactCreate", "locationId": f"loc-{i % 5}"})
+        for i in range(DELIVERIES)
+    ]
+    # A connection per request, so the kernel's SO_REUSEPORT hash sees many source ports.
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+
+        async def post(body: bytes) -> int:
+            headers = {"X-GHL-Signature": sign_ed25519(ed25519_key, body)}
+            async with http.post(
+                f"{supervisor.url}/webhooks/hoopai", data=body, headers=headers
+            ) as r:
+                return r.status
+
+        statuses = await asyncio.gather(*(post(body) for body in bodies))
+        async with http.get(supervisor.metrics_url) as scrape:
+            exposition = await scrape.text()
+
+    assert statuses == [200] * DELIVERIES
+    accepted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith("relay_requests_total{") and 'outcome="accepted"' in line
+    )
+    assert accepted == DELIVERIES
+    records = await consume_all(kafka_bootstrap, topic)
+    in_kafka = {dict(r.headers)["ce_id"] for r in records}
+    assert {orjson.loads(b)["webhookId"].encode() for b in bodies} <= in_kafka
+
+    supervisor.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        assert await supervisor.proc.wait() == 0
+    await supervisor.read_rest()
+    assert (
+        supervisor.pids_saying("request") == supervisor.worker_pids()
+    )  # both served (odds of not: 2**-59)
+    assert all(gone(pid) for pid in supervisor.worker_pids())
+
+
+async def test_a_dead_worker_takes_the_others_down(supervisor: Supervisor) -> None:
+    """SIGKILL one worker: the supervisor stops the other and exits 1, for a restart."""
+    first, second = sorted(supervisor.worker_pids())
+    os.kill(first, signal.SIGKILL)
+    async with asyncio.timeout(20):
+        assert await supervisor.proc.wait() == 1
+    await supervisor.read_rest()
+    assert gone(second)
+    assert any(line["message"].startswith("a worker exited") for line in supervisor.lines)
+
+
+def test_stranded_spools_are_those_no_process_of_this_run_drains(tmp_path: Path) -> None:
+    """Segments in the folder of a process that this process count does not start are found."""
+    for folder in (tmp_path, tmp_path / "worker-0", tmp_path / "worker-3"):
+        folder.mkdir(exist_ok=True)
+        (folder / f"{1:020d}{SEGMENT_SUFFIX}").write_bytes(b"x")
+    (tmp_path / "worker-1").mkdir()  # empty: nothing stranded there
+
+    assert stranded_spools(tmp_path, 1) == [tmp_path / "worker-0", tmp_path / "worker-3"]
+    assert stranded_spools(tmp_path, 2) == [tmp_path, tmp_path / "worker-3"]
+    assert stranded_spools(tmp_path, 4) == [tmp_path]
+
+
+def test_each_worker_gets_its_own_spool_and_a_share_of_the_cap(tmp_path: Path) -> None:
+    """Worker i spools into worker-<i> with cap / N, and writes its metrics to files."""
+    settings = Settings(spool_dir=tmp_path, spool_max_bytes=3000, workers=3)
+    env = worker_env(settings, {"PATH": "/bin"}, "metrics-dir", 2)
+    assert env["RELAY_SPOOL_DIR"] == str(tmp_path / "worker-2")
+    assert env["RELAY_SPOOL_MAX_BYTES"] == "1000"
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == "metrics-dir"
+    assert env["RELAY_WORKERS"] == "1"
+    assert "RELAY_SPOOL_DIR" not in worker_env(Settings(workers=3), {}, "metrics-dir", 2)
+
+
+def test_serve_refuses_to_strand_a_spool(tmp_path: Path) -> None:
+    """A spool left by one process, then `serve --workers 2`: exit 2 naming the folder."""
+    (tmp_path / f"{1:020d}{SEGMENT_SUFFIX}").write_bytes(b"x")
+    env = {"PATH": os.environ.get("PATH", ""), "RELAY_SPOOL_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "serve", "--workers", "2"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f": {tmp_path} still hold(s) records" in done.stderr
+    assert "RELAY_WORKERS=2" in done.stderr
