@@ -14,6 +14,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -72,7 +73,9 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         status: int, outcome: Outcome, event_type: str, **fields: object
     ) -> tuple[Outcome, web.Response]:
         metrics.requests.labels(outcome=outcome.value, event_type=event_type).inc()
-        return outcome, web.json_response({"outcome": outcome.value, **fields}, status=status)
+        # orjson, not json_response's json.dumps: a few percent of the CPU per request.
+        answer = orjson.dumps({"outcome": outcome.value, **fields})
+        return outcome, web.Response(body=answer, status=status, content_type="application/json")
 
     def too_large() -> tuple[Outcome, web.Response]:
         answer = done(413, Outcome.TOO_LARGE, _NO_TYPE, limit=settings.max_body_bytes)
