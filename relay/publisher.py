@@ -104,6 +104,7 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_S)
                 continue
+            producer.client.set_topics(self._topics)  # what metadata updates ask for
             self._producer = producer
             self._started.set()
             log.info("kafka producer started")
@@ -116,10 +117,12 @@ class Publisher:
             return False
         try:
             async with asyncio.timeout(timeout_s):
-                await producer.client.fetch_all_metadata()
+                # The relay's own topics only (set at start): the metadata of every topic
+                # of a big cluster, every few seconds, was a visible share of the CPU.
+                updated: bool = await producer.client.force_metadata_update()
         except (TimeoutError, KafkaError):
             return False
-        return True
+        return updated
 
     def _watch(self, producer: AIOKafkaProducer, delivery: asyncio.Future[RecordMetadata]) -> None:
         """Replace ``producer`` if this record fails in a way that breaks it for good.
