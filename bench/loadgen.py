@@ -17,6 +17,12 @@ target's, and it reports its own CPU time so that a reader can see it was not th
 
 Every loop is bounded: at most ``rate * duration`` requests, each with a timeout, and the
 answers still missing ``DRAIN_S`` after the last one was due are counted as unfinished.
+
+**Priming** (``--prime FILE --primed-flag P --go-flag G``), for a target that sets up
+something per connection on its first request (the Strimzi bridge creates a Kafka producer
+per HTTP connection): before the clock starts, each connection sends one request of FILE
+and waits for its answer, uncounted. Then the generator creates P and waits for G, so that
+the caller reads its CPU counters after the set-up, not before.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import contextlib
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -38,6 +44,8 @@ from bench.deliveries import read_requests
 
 REQUEST_TIMEOUT_S: Final = 10.0
 DRAIN_S: Final = 15.0
+#: how long priming, and then the caller's go-ahead, may take
+PRIME_TIMEOUT_S: Final = 60.0
 _HEAD_END: Final = b"\r\n\r\n"
 _LENGTH: Final = b"\r\ncontent-length:"
 
@@ -85,12 +93,12 @@ class Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 -- TCP only
         self._transport = transport
 
-    def send(self, index: int, due: float, now: float) -> None:
-        """Send request ``index``, due at loop time ``due``."""
+    def send(self, index: int, due: float, now: float, raw: bytes | None = None) -> None:
+        """Send request ``index`` (or ``raw``), due at loop time ``due``."""
         assert self._transport is not None  # noqa: S101 -- connected before use
         self.index, self.due, self.sent = index, due, now
         requests = self._generator.requests
-        self._transport.write(requests[index % len(requests)])
+        self._transport.write(raw if raw is not None else requests[index % len(requests)])
 
     def data_received(self, data: bytes) -> None:
         """Hand the status over once the whole answer is in (``Content-Length``)."""
@@ -141,6 +149,11 @@ class Generator:
         self._done = asyncio.Event()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: while priming: the answers still awaited, and the event set when none are
+        self._prime_left = 0
+        self._primed = asyncio.Event()
+        self.primed_ok = 0
+        self.cpu_start = 0.0
 
     async def _add_connection(self) -> None:
         try:
@@ -169,6 +182,12 @@ class Generator:
 
     def answered(self, connection: Connection, status: int) -> None:
         """Record an answer; reuse the connection."""
+        if self._prime_left:
+            self.primed_ok += 200 <= status < 300
+            self._busy.discard(connection)
+            self._idle.append(connection)
+            self._prime_answered()
+            return
         now = self.stats.last_answer = self._loop.time()
         self.stats.statuses[status] += 1
         self.stats.latencies.append(now - connection.due)
@@ -180,7 +199,9 @@ class Generator:
         """A connection closed: count its request in flight (if any) as failed, replace it."""
         if self._closing:
             return
-        if error is not None:
+        if error is not None and self._prime_left:
+            self._prime_answered()
+        elif error is not None:
             self.stats.errors[error] += 1
         self._busy.discard(connection)
         if connection in self._idle:
@@ -203,19 +224,46 @@ class Generator:
         while True:
             await asyncio.sleep(0.5)
             now = self._loop.time()
+            # A priming request may wait for the target's per-connection set-up.
+            limit = PRIME_TIMEOUT_S if self._prime_left else REQUEST_TIMEOUT_S
             for connection in list(self._busy):
-                if connection.index >= 0 and now - connection.sent > REQUEST_TIMEOUT_S:
+                if connection.index >= 0 and now - connection.sent > limit:
                     connection.abort()  # connection_lost counts it as failed
 
-    async def run(self, connections: int, duration: float) -> None:
+    def _prime_answered(self) -> None:
+        self._prime_left -= 1
+        if not self._prime_left:
+            self._primed.set()
+
+    async def prime(self, requests: Sequence[bytes]) -> None:
+        """Send each open connection one of ``requests`` and wait for all the answers."""
+        idle, self._idle = self._idle, []
+        self._prime_left = len(idle)
+        now = self._loop.time()
+        for n, connection in enumerate(idle):
+            self._busy.add(connection)
+            connection.send(0, now, now, requests[n % len(requests)])
+        if idle:
+            await asyncio.wait_for(self._primed.wait(), PRIME_TIMEOUT_S)
+
+    async def run(
+        self,
+        connections: int,
+        duration: float,
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Open the connections, then send for ``duration`` seconds and collect the answers.
 
         Closed loop: every connection sends back to back. Open loop: request *i* is due
-        at ``start + i / rate``, whether or not a connection is free for it.
+        at ``start + i / rate``, whether or not a connection is free for it. ``before``
+        runs once the connections are open, before the clock starts (priming).
         """
         for _ in range(connections):
             await self._add_connection()
         watcher = self._loop.create_task(self._watch())
+        if before is not None:
+            await before()
+        self.cpu_start = time.process_time()
         self.start = self._loop.time() + 0.01
         self.end = self.start + duration
         if self.rate is None:
@@ -274,9 +322,18 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 async def run(port: int, requests: Sequence[bytes], args: argparse.Namespace) -> dict[str, object]:
     """One measurement; the result as JSON-ready data."""
     generator = Generator(port, requests, args.rate)
-    cpu = time.process_time()
-    await generator.run(args.connections, args.duration)
-    cpu = time.process_time() - cpu
+
+    async def prime() -> None:
+        await generator.prime(read_requests(args.prime))
+        args.primed_flag.touch()
+        deadline = time.monotonic() + PRIME_TIMEOUT_S
+        while not args.go_flag.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {args.go_flag} within {PRIME_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.01)
+
+    await generator.run(args.connections, args.duration, prime if args.prime else None)
+    cpu = time.process_time() - generator.cpu_start
     stats = generator.stats
     elapsed = max(stats.last_answer - generator.start, 1e-9)
     return {
@@ -294,6 +351,7 @@ async def run(port: int, requests: Sequence[bytes], args: argparse.Namespace) ->
         "send_lag_ms": _percentiles(stats.lags) if args.rate is not None else {},
         "generator_late_ms": _percentiles(stats.late),
         "loadgen_cpu_s": round(cpu, 3),
+        **({"primed_2xx": generator.primed_ok} if args.prime else {}),
     }
 
 
@@ -305,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--rate", type=float, help="open loop at this many requests/s")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--prime", type=Path, help="first, one of these per connection")
+    parser.add_argument("--primed-flag", type=Path, help="created once primed")
+    parser.add_argument("--go-flag", type=Path, help="waited for after priming")
     args = parser.parse_args(argv)
     requests = read_requests(args.requests)
     result = asyncio.run(run(args.port, requests, args))

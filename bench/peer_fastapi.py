@@ -43,11 +43,15 @@ def location_of(payload: object) -> bytes | None:
 
 def create_app(key: Ed25519PublicKey, bootstrap: str, topic: str) -> FastAPI:
     """The endpoint, its producer started and stopped with the app."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # aiokafka wants the running loop: the producer is made here, not at import.
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+        )
         await producer.start()
+        app.state.producer = producer
         try:
             yield
         finally:
@@ -64,6 +68,7 @@ def create_app(key: Ed25519PublicKey, bootstrap: str, topic: str) -> FastAPI:
             payload = json.loads(body)
         except ValueError:
             return Response(status_code=400)
+        producer: AIOKafkaProducer = request.app.state.producer
         await producer.send_and_wait(topic, body, key=location_of(payload))
         return Response(status_code=200)
 

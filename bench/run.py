@@ -59,6 +59,10 @@ TARGETS: Final = ("http", "verify", "relay", "relay-spool", "bridge", "fastapi",
 #: the peers, each producing to a topic of its own, ``<prefix>.<target>``
 PEERS: Final = ("bridge", "fastapi")
 WARM_DELIVERIES: Final = 5000
+#: the targets whose connections are primed first (the bridge: a Kafka producer each)
+PRIMED: Final = ("bridge",)
+#: time allowed for priming, on top of a point's own
+PRIME_S: Final = 120.0
 Result = dict[str, Any]
 
 
@@ -93,7 +97,12 @@ class Plan:
 
 
 def _loadgen(
-    plan: Plan, port: int, requests: Path, seconds: float, rate: float | None
+    plan: Plan,
+    port: int,
+    requests: Path,
+    seconds: float,
+    rate: float | None,
+    prime: tuple[Path, tuple[Path, Path]] | None = None,
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -108,6 +117,9 @@ def _loadgen(
         "--connections",
         str(plan.connections),
     ]
+    if prime is not None:
+        prime_requests, (flag, go) = prime
+        argv += ["--prime", str(prime_requests), "--primed-flag", str(flag), "--go-flag", str(go)]
     return argv if rate is None else [*argv, "--rate", f"{rate:.1f}"]
 
 
@@ -118,16 +130,31 @@ def _measure(
     env: dict[str, str],
     server: Server | None,
     parse: Callable[[str], Result],
+    primed: tuple[Path, Path] | None = None,
 ) -> Result:
     """Run one measuring child; add what the target, the broker and the machine spent.
 
-    Without a server, the child is the target (Kafka's ProducerPerformance).
+    Without a server, the child is the target (Kafka's ProducerPerformance). With
+    ``primed`` (the generator's flag and go-ahead files), the counters are read once the
+    generator has primed its connections, and then it is told to go.
     """
     pid = server.pid if server else None
-    machine0, broker0 = Jiffies.now(), cpu_seconds(plan.broker_pid)
-    target0 = cpu_seconds(pid) if pid else 0.0
-    counts = server.outcomes() if server else None
-    child = run_child(argv, env, plan.duration * 3 + 60, plan.logs / f"{label}.out")
+    machine0, broker0, target0 = Jiffies.now(), 0.0, 0.0
+    counts = None
+
+    def begin() -> None:
+        nonlocal machine0, broker0, target0, counts
+        machine0, broker0 = Jiffies.now(), cpu_seconds(plan.broker_pid)
+        target0 = cpu_seconds(pid) if pid else 0.0
+        counts = server.outcomes() if server else None
+        if primed is not None:
+            primed[1].touch()
+
+    if primed is None:
+        begin()
+    on_flag = None if primed is None else (primed[0], begin)
+    log = plan.logs / f"{label}.out"
+    child = run_child(argv, env, plan.duration * 3 + 60 + PRIME_S, log, on_flag)
     machine1, broker_cpu = Jiffies.now(), cpu_seconds(plan.broker_pid) - broker0
     target_cpu = cpu_seconds(pid) - target0 if pid else child.cpu_s
     result = parse(child.output)
@@ -169,14 +196,31 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
     """One point against a fresh target: warm up, then measure."""
     print(f"bench: {target} {label} ...", file=sys.stderr, flush=True)
     requests, warm_requests = plan.request_files(target)
+    # A primed target's connections each get one warm-up request before the clock starts;
+    # wrk cannot do that, so the Python generator measures its maximum too.
+    primed = target in PRIMED
+    stem = plan.logs / f"{target}-{label}"
+    flags = {
+        phase: (
+            stem.with_name(f"{stem.name}-{phase}.primed"),
+            stem.with_name(f"{stem.name}-{phase}.go"),
+        )
+        for phase in ("warmup", "measure")
+    }
     server = _start(plan, target)
     try:
         server.wait_ready()
-        warm = _loadgen(plan, server.port, warm_requests, plan.warmup, rate)
+        prime = (warm_requests, flags["warmup"]) if primed else None
+        warm = _loadgen(plan, server.port, warm_requests, plan.warmup, rate, prime)
+        go = flags["warmup"][1]
         run_child(
-            warm, child_env(), plan.warmup * 3 + 60, plan.logs / f"{target}-{label}-warmup.out"
+            warm,
+            child_env(),
+            plan.warmup * 3 + 60 + PRIME_S,
+            plan.logs / f"{target}-{label}-warmup.out",
+            (flags["warmup"][0], go.touch) if primed else None,
         )
-        if rate is None and plan.use_wrk:
+        if rate is None and plan.use_wrk and not primed:
             argv = wrk.command(server.port, plan.duration, plan.connections)
             env = child_env({"BENCH_REQUESTS": str(requests)})
             result = _measure(
@@ -188,8 +232,17 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
                 lambda out: wrk.parse(out, plan.connections),
             )
         else:
-            argv = _loadgen(plan, server.port, requests, plan.duration, rate)
-            result = _measure(plan, f"{target}-{label}", argv, child_env(), server, json.loads)
+            prime = (warm_requests, flags["measure"]) if primed else None
+            argv = _loadgen(plan, server.port, requests, plan.duration, rate, prime)
+            result = _measure(
+                plan,
+                f"{target}-{label}",
+                argv,
+                child_env(),
+                server,
+                json.loads,
+                flags["measure"] if primed else None,
+            )
     finally:
         server.stop()
     print(f"bench: {target} {label}: {result['rate']:.0f}/s", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -175,8 +175,17 @@ class Finished:
     peak_rss_kib: int
 
 
-def run_child(argv: Sequence[str], env: Mapping[str, str], timeout: float, log: Path) -> Finished:
-    """Run a measuring child to its end, within ``timeout`` seconds; its output and cost."""
+def run_child(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+    log: Path,
+    on_flag: tuple[Path, Callable[[], None]] | None = None,
+) -> Finished:
+    """Run a measuring child to its end, within ``timeout`` seconds; its output and cost.
+
+    With ``on_flag``, its callback runs once, as soon as the child has created that file.
+    """
     with log.open("w+b") as out:
         process = subprocess.Popen(  # noqa: S603 -- argv built here
             argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
@@ -187,6 +196,9 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], timeout: float, log: 
             # Polled, not from wait4: ru_maxrss also counts the parent's memory at the fork.
             with contextlib.suppress(OSError, RuntimeError):  # not exec'd yet, or a zombie
                 peak = max(peak, peak_rss_kib(process.pid))
+            if on_flag is not None and on_flag[0].exists():
+                on_flag[1]()
+                on_flag = None
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
