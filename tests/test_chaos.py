@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import localkafka
 import pytest
-from aiokafka.errors import OutOfOrderSequenceNumber
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from aiokafka.structs import RecordMetadata
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -38,6 +38,7 @@ from tests.chaosutil import (
     RelayProcess,
     RssProbe,
     Target,
+    delete_topics,
     missing_in_kafka,
     pick,
     steady_load,
@@ -89,6 +90,11 @@ async def spawn(
     yield spawner
     for relay in spawner.relays:
         await relay.stop()
+    # Hygiene, not a check: a failed deletion only leaves a few partitions behind.
+    await asyncio.to_thread(restore, kafka_cluster)  # a failed test may have left it down
+    with contextlib.suppress(KafkaError, TimeoutError):
+        async with asyncio.timeout(30):
+            await delete_topics(kafka_cluster.bootstrap, spawner.prefix)
 
 
 def restore(cluster: localkafka.Cluster, nodes: tuple[localkafka.Node, ...] = ()) -> None:
