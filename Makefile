@@ -14,7 +14,7 @@ HELM := $(HELM_DIR)/helm
 export KAFKA_VERSION HELM
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
-        kafka-logs helm lint lock test run bench chaos clean
+        kafka-logs helm lint lock test run bench soak chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -89,6 +89,12 @@ bench: venv $(BIN)/.bench-installed kafka-up  ## the relay beside its ceilings (
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The same fault tests as in `make test`, with the long durations (about 10 min).
+# 10 minutes at half the relay's max, memory sampled every 5 s (docs/benchmarks.md, Soak).
+SOAK_ARGS ?=
+
+soak: venv $(BIN)/.bench-installed kafka-up  ## memory over 10 minutes at 50% of the max (needs wrk)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
 chaos: venv kafka-fetch  ## the long reliability runs; see docs/reliability.md
 	HOOPAI_CHAOS=1 $(BIN)/pytest -m chaos -s -q
 
