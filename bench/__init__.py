@@ -5,6 +5,8 @@
 - :mod:`bench.loadgen`: the Python load generator, closed-loop or open-loop;
 - :mod:`bench.wrk` and ``cycle.lua``: wrk (closed-loop) cycling through the same requests;
 - :mod:`bench.kafkaperf`: Kafka's own ``ProducerPerformance``;
+- :mod:`bench.bridge` (``bridge-pom.xml``) and :mod:`bench.peer_fastapi`: the two peers, the
+  Strimzi Kafka Bridge and a hand-written FastAPI/aiokafka endpoint;
 - :mod:`bench.procstat`: CPU and memory of a process, from ``/proc``;
 - :mod:`bench.targets`: starting and stopping the servers under test;
 - :mod:`bench.report`: the JSON, the Markdown table and the plot;
