@@ -42,15 +42,37 @@ class ServeProcess:
                 return int(line.split()[1]) / 1024
         raise AssertionError(f"/proc/{self.proc.pid}/status has no VmRSS")
 
-    def metric(self, name: str) -> float:
-        """One unlabelled sample from the relay's own /metrics endpoint."""
+    def scrape(self) -> str:
+        """The relay's /metrics text."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text: str = response.read().decode()
-        for line in text.splitlines():
+        return text
+
+    def bucket_quantile(self, histogram: str, outcome: str, q: float) -> float:
+        """The upper bound of the bucket holding the q-quantile (0-1) of one outcome."""
+        buckets = []
+        for line in self.scrape().splitlines():
+            if line.startswith(f"{histogram}_bucket{{") and f'outcome="{outcome}"' in line:
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float(le), float(line.split()[-1])))
+        buckets.sort()
+        total = buckets[-1][1] if buckets else 0.0
+        return next((le for le, count in buckets if count >= q * total), 0.0)
+
+    def metric(self, name: str, default: float | None = None) -> float:
+        """One sample from the relay's /metrics, by its name and labels as exposed there.
+
+        ``name`` is written as the exposition writes it: ``process_open_fds``, or
+        ``relay_requests_total{event_type="none",outcome="too_large"}``. An absent sample
+        is ``default``, or an error without one.
+        """
+        for line in self.scrape().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
-        raise AssertionError(f"{name} not in /metrics")
+        if default is None:
+            raise AssertionError(f"{name} not in /metrics")
+        return default
 
 
 @contextlib.contextmanager
