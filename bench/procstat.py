@@ -10,8 +10,21 @@ from typing import Final
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, all its threads, so far (``/proc/<pid>/stat``)."""
+def tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``relay serve --workers N``: the N workers)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                queue += [int(child) for child in children.read_text().split()]
+            except OSError:  # the thread or the process ended meanwhile
+                continue
+    return found
+
+
+def _own_cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name, in parentheses, may hold spaces: count fields after its closing one.
     fields = text[text.rindex(")") + 2 :].split()
@@ -19,12 +32,25 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _TICKS
 
 
-def peak_rss_kib(pid: int) -> int:
-    """The process's peak resident set size so far, in KiB (``VmHWM``)."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time so far of a process and its descendants, all threads."""
+    return sum(_own_cpu_seconds(p) for p in tree(pid))
+
+
+def _own_peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident set size so far in KiB (``VmHWM``), added up over the process tree.
+
+    For several processes it is the sum of each one's peak: an upper bound of their
+    peak together.
+    """
+    return sum(_own_peak_rss_kib(p) for p in tree(pid))
 
 
 @dataclass(frozen=True, slots=True)

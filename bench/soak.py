@@ -34,7 +34,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deliveries, wrk
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, tree
 from bench.targets import REPO, child_env, start_relay
 
 sys.path.insert(0, str(REPO / "dev"))
@@ -56,11 +56,12 @@ class Sample:
 
 
 def rss_mib(pid: int) -> float:
-    """The process's resident set size now, in MiB (``VmRSS``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+    """Resident set size now (``VmRSS``) in MiB, added up over the process and its workers."""
+    total_kib = 0
+    for process in tree(pid):
+        status = Path(f"/proc/{process}/status").read_text().splitlines()
+        total_kib += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return total_kib / 1024
 
 
 def slope_mib_per_min(samples: list[Sample]) -> float:
@@ -102,7 +103,7 @@ def _sample(pid: int, began: float, every: float, stop: threading.Event) -> list
     """Sample ``pid`` every ``every`` seconds until ``stop`` is set."""
     samples: list[Sample] = []
     while not stop.is_set():
-        with contextlib.suppress(OSError, RuntimeError):
+        with contextlib.suppress(OSError, StopIteration):  # a process ended meanwhile
             samples.append(Sample(time.monotonic() - began, rss_mib(pid), cpu_seconds(pid)))
         stop.wait(every)
     return samples
