@@ -11,6 +11,7 @@ NAMES: Final = {
     "http": "HTTP ceiling (bare aiohttp)",
     "verify": "verification ceiling (aiohttp + 1 Ed25519 verify)",
     "relay": "relay (`relay serve`, verify + Kafka acks=all)",
+    "relay-workers": "relay, one worker per core (`relay serve --workers <cores>`)",
     "relay-spool": "relay, spooling (`relay serve`, verify + fsync to RELAY_SPOOL_DIR, Kafka away)",
     "bridge": "peer: Strimzi Kafka Bridge (no verify, Kafka acks=all)",
     "fastapi": "peer: FastAPI + aiokafka (verify + send_and_wait, acks=all)",

@@ -55,7 +55,9 @@ from relay.topics import ensure_topics
 sys.path.insert(0, str(REPO / "dev"))
 import localkafka  # the harness lives in dev/, outside the package
 
-TARGETS: Final = ("http", "verify", "relay", "relay-spool", "bridge", "fastapi", "kafka")
+TARGETS: Final = (
+    "http", "verify", "relay", "relay-workers", "relay-spool", "bridge", "fastapi", "kafka",
+)  # fmt: skip
 #: the peers, each producing to a topic of its own, ``<prefix>.<target>``
 PEERS: Final = ("bridge", "fastapi")
 WARM_DELIVERIES: Final = 5000
@@ -182,6 +184,11 @@ def _measure(
 def _start(plan: Plan, target: str) -> Server:
     if target == "relay":
         return start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, plan.relay_env)
+    if target == "relay-workers":
+        workers = {"RELAY_WORKERS": str(os.cpu_count() or 1), **plan.relay_env}
+        server = start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, workers)
+        server.name = target
+        return server
     if target == "relay-spool":
         return start_spooling_relay(plan.logs, plan.public_key, plan.prefix, plan.relay_env)
     if target == "fastapi":
