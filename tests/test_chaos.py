@@ -52,7 +52,10 @@ from tests.kafkautil import describe_partitions, unique_topic
 
 RATE = pick(25, 50)  # requests per second
 DEADLINE_S = 4.0  # RELAY_ACK_TIMEOUT_MS's default, kept: the figures are the shipped ones
-MARGIN_S = 1.0  # the sender's 5 s budget is the deadline plus this
+# Over the deadline, for the answer to travel and for scheduling on a loaded machine: a
+# 4.98 s answer was measured here with a load average of 11. A hang shows as 15 s (the
+# client's timeout), far past it; the figures report the slowest answer.
+MARGIN_S = 1.5
 MAX_LOAD_S = 600  # a bound on any load, whatever a fault's repair takes
 RESTART_TIMEOUT_S = 180.0  # for a broker to answer again after its restart
 SHUTDOWN_MESSAGE = "shutdown: closing the listener, finishing in-flight requests"
