@@ -35,6 +35,7 @@ from relay.metrics import Outcome
 from relay.sending import as_delivery, sign_ed25519
 from relay.settings import SECRET_SETTINGS, Settings
 from relay.signatures import Reason
+from relay.spool import MAGIC, segment_name
 from tests.relayutil import ROOT, StartRelay, scrape
 
 CHART = ROOT / "helm" / "hoopai-relay"
@@ -69,7 +70,12 @@ LABEL_VALUES = {
     "outcome": {o.value for o in Outcome},
     "reason": {r.value for r in Reason},
     "cause": {cls.label for cls in PublishError.__subclasses__()},
+    "kind": {"torn_tail", "moved_aside"},
 }
+#: the alerts rendered only with the spool on
+SPOOL_ALERTS = frozenset(
+    {"HoopaiRelaySpoolNotDraining", "HoopaiRelaySpoolNearFull", "HoopaiRelaySpoolDamaged"}
+)
 DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
 METRIC = re.compile(r"\b(relay_[a-z0-9_]+)(\{[^}]*\})?")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -716,9 +722,15 @@ async def test_monitoring_uses_only_what_the_relay_exports(
     start_relay: StartRelay,
     ed25519_key: Ed25519PrivateKey,
     monitoring_queries: list[str],
+    tmp_path: Path,
 ) -> None:
     """Every relay_* name and label in the alerts and the dashboard is in a real scrape."""
-    relay = await start_relay(max_body_bytes=4 * 1024 * 1024)
+    # A spool with a torn write, as a crash leaves it: the relay cuts it at start-up and
+    # counts it, so relay_spool_corrupt_total{kind} has a sample to check against.
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / segment_name(1)).write_bytes(MAGIC + b"\x00\x00")
+    relay = await start_relay(max_body_bytes=4 * 1024 * 1024, spool_dir=spool_dir)
     accepted = as_delivery({"type": "ContactCreate", "locationId": "loc-mon"})
     too_big = as_delivery({"type": "NoteCreate", "locationId": "loc-mon", "body": "n" * 2_000_000})
     stranger = Ed25519PrivateKey.generate()
@@ -767,6 +779,12 @@ async def test_monitoring_uses_only_what_the_relay_exports(
         "relay_kafka_produce_duration_seconds_bucket",
         "relay_in_flight_requests",
         "relay_build_info",
+        "relay_spool_bytes",
+        "relay_spool_records",
+        "relay_spool_oldest_record_age_seconds",
+        "relay_spool_appends_total",
+        "relay_spool_drained_total",
+        "relay_spool_corrupt_total",
     }
 
 
@@ -817,3 +835,159 @@ def test_persistence_makes_a_statefulset_with_a_claim_per_pod() -> None:
     target = only(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("StatefulSet", statefulset["metadata"]["name"])
     assert relay_toml(objects)["spool_max_bytes"] == 2147483648
+
+
+# --- the alerts and the dashboard, by values ------------------------------------------------------
+
+RULES_ON = {"prometheusRule": {"enabled": True, "kubeStateMetrics": True}}
+
+
+def alerts(objects: list[Obj]) -> dict[str, Obj]:
+    """The PrometheusRule's alerts, by name."""
+    (group,) = only(objects, "PrometheusRule")["spec"]["groups"]
+    return {rule["alert"]: rule for rule in group["rules"]}
+
+
+def with_rules(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the PrometheusRule (and its kube-state-metrics alert) on."""
+    rule = {**RULES_ON["prometheusRule"], **values.get("prometheusRule", {})}
+    return {**values, "prometheusRule": rule}
+
+
+def threshold(rule: Obj) -> float:
+    """The number an alert's expression compares against (its last ``> N`` or ``< N``)."""
+    found = re.findall(r"[<>]\s*([0-9.e+]+)\s*$", rule["expr"].strip())
+    assert found, rule["expr"]
+    return float(found[-1])
+
+
+def test_no_ready_pod_alert_follows_the_workload_kind() -> None:
+    """kube_deployment_* for the Deployment, kube_statefulset_* for the StatefulSet."""
+    for values_file, values, series, label in (
+        (None, RULES_ON, "kube_deployment_status_replicas_available", "deployment"),
+        (CI_VALUES["spool"], None, "kube_statefulset_status_replicas_ready", "statefulset"),
+        (None, with_rules({"persistence": {"enabled": True}}), "kube_statefulset_", "statefulset"),
+    ):
+        objects = render(values_file, values)
+        expr = alerts(objects)["HoopaiRelayNoReadyPod"]["expr"]
+        name = workload(objects)["metadata"]["name"]
+        assert expr.strip().startswith(series), expr
+        assert f'{label}="{name}"' in expr
+        assert f'namespace="{NAMESPACE}"' in expr
+        assert threshold(alerts(objects)["HoopaiRelayNoReadyPod"]) == 1
+    assert workload(render(CI_VALUES["spool"]))["kind"] == "StatefulSet"
+    no_ksm = with_rules({"prometheusRule": {"kubeStateMetrics": False}})
+    assert "HoopaiRelayNoReadyPod" not in alerts(render(values=no_ksm))
+
+
+@pytest.mark.parametrize(
+    ("values", "spool_on"),
+    [
+        ({}, False),
+        ({"spool": {"enabled": True}}, True),
+        ({"persistence": {"enabled": True}}, True),
+    ],
+    ids=["spool-off", "emptydir", "persistence"],
+)
+def test_spool_alerts_only_with_the_spool_on(values: dict[str, Any], spool_on: bool) -> None:
+    """The spool's three alerts exist exactly when the spool does."""
+    objects = render(values=with_rules(values))
+    check_prometheus_rule(only(objects, "PrometheusRule"))
+    assert set(alerts(objects)) & SPOOL_ALERTS == (SPOOL_ALERTS if spool_on else set())
+    env = {e["name"] for e in relay_container(objects)["env"]}
+    assert ("RELAY_SPOOL_DIR" in env) is spool_on
+
+
+def test_spool_alerts_default_thresholds() -> None:
+    """10 minutes past 600 s of age; 80 % of the relay's default 1 GiB cap; 1 h of damage."""
+    rules = alerts(render(values=with_rules({"spool": {"enabled": True}})))
+    not_draining = rules["HoopaiRelaySpoolNotDraining"]
+    assert "relay_spool_oldest_record_age_seconds{" in not_draining["expr"]
+    assert (threshold(not_draining), not_draining["for"]) == (600, "10m")
+    near_full = rules["HoopaiRelaySpoolNearFull"]
+    assert "sum by (namespace, pod) (relay_spool_bytes{" in near_full["expr"]
+    assert threshold(near_full) == int(0.8 * Settings().spool_max_bytes)
+    damaged = rules["HoopaiRelaySpoolDamaged"]["expr"]
+    assert "increase(relay_spool_corrupt_total{" in damaged
+    assert "[1h]" in damaged
+    assert "offset 1h" in damaged
+    # counted at start-up, before any scrape: a series born at 1 shows by its value
+    assert "unless relay_spool_corrupt_total{" in damaged
+    assert damaged.count(") > 0)") == 2
+
+
+def test_spool_alert_thresholds_come_from_values() -> None:
+    """The thresholds, the window and the cap (config.spool_max_bytes) are the values'."""
+    values = {
+        "persistence": {"enabled": True},
+        "config": {"spool_max_bytes": 3_000_000_000, "workers": 4},
+        "prometheusRule": {
+            "spool": {"oldestRecordAgeSeconds": 900, "bytesRatio": 0.5, "corruptWindow": "6h"}
+        },
+    }
+    rules = alerts(render(values=with_rules(values)))
+    assert threshold(rules["HoopaiRelaySpoolNotDraining"]) == 900
+    # the pod's whole cap, not a worker's share: relay_spool_bytes adds the workers up
+    assert threshold(rules["HoopaiRelaySpoolNearFull"]) == 1_500_000_000
+    assert "3000000000" in rules["HoopaiRelaySpoolNearFull"]["annotations"]["summary"]
+    damaged = rules["HoopaiRelaySpoolDamaged"]["expr"]
+    assert "[6h]" in damaged
+    assert "offset 6h" in damaged
+    all_on = alerts(render(CI_VALUES["all-on"]))
+    assert threshold(all_on["HoopaiRelaySpoolNotDraining"]) == 300
+    assert threshold(all_on["HoopaiRelaySpoolNearFull"]) == int(0.7 * Settings().spool_max_bytes)
+    spool_ci = alerts(render(CI_VALUES["spool"]))
+    assert threshold(spool_ci["HoopaiRelaySpoolNearFull"]) == int(0.8 * 2147483648)
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        (
+            {"prometheusRule": {"spool": {"bytesRatio": 1.5}}},
+            "at '/prometheusRule/spool/bytesRatio'",
+        ),
+        ({"prometheusRule": {"spool": {"corruptWindow": "1 hour"}}}, "corruptWindow"),
+        ({"prometheusRule": {"spool": {"oldestAge": 60}}}, "additional properties 'oldestAge'"),
+    ],
+)
+def test_schema_checks_the_spool_alert_values(values: dict[str, Any], where: str) -> None:
+    """values.schema.json refuses a bad spool threshold before anything renders."""
+    result = template(values=values)
+    assert result.returncode != 0
+    assert where in result.stderr
+
+
+def test_in_flight_alert_counts_every_worker() -> None:
+    """relay_in_flight_requests adds a pod's workers up, each with max_in_flight of its own."""
+    one = alerts(render(values=with_rules({})))["HoopaiRelayInFlightNearLimit"]
+    assert threshold(one) == 0.8 * Settings().max_in_flight
+    values = with_rules({"config": {"workers": 3, "max_in_flight": 500}})
+    three = alerts(render(values=values))["HoopaiRelayInFlightNearLimit"]
+    assert threshold(three) == 0.8 * 500 * 3
+
+
+def test_dashboard_has_the_spool_panels_and_no_overlap() -> None:
+    """A panel for each spool metric; no two panels share a cell of the grid."""
+    dashboard = json.loads((CHART / "dashboards" / "hoopai-relay.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for name in (
+        "relay_spool_bytes",
+        "relay_spool_records",
+        "relay_spool_oldest_record_age_seconds",
+        "relay_spool_appends_total",
+        "relay_spool_drained_total",
+        "relay_spool_corrupt_total",
+    ):
+        assert f"{name}{{" in exprs, name
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not mine & cells, panel["title"]
+        cells |= mine
