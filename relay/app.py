@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from relay import appkeys, drain, health, ingress, limits
+from relay.admission import Admission
 from relay.dedup import RecentIds
 from relay.errors import ConfigError
 from relay.health import Health
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.METRICS] = Metrics()
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
     app[appkeys.HEALTH] = Health()
+    app[appkeys.ADMISSION] = Admission()
     app.cleanup_ctx.append(_publisher_ctx)
     if settings.spool_dir is not None:
         # After the publisher: the drainer uses it, and stops before it closes.

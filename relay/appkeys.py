@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from relay.admission import Admission
 from relay.dedup import RecentIds
 from relay.drain import Spooler
 from relay.health import Health
@@ -21,3 +22,4 @@ RECENT_IDS = web.AppKey("recent_ids", RecentIds)
 PUBLISHER = web.AppKey("publisher", Publisher)
 HEALTH = web.AppKey("health", Health)
 SPOOLER = web.AppKey("spooler", Spooler)
+ADMISSION = web.AppKey("admission", Admission)

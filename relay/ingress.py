@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.structs import RecordMetadata
 
 from relay import appkeys
-from relay.errors import ProduceFailed, PublishError
+from relay.errors import Overloaded, ProduceFailed, PublishError
 from relay.metrics import Outcome
 from relay.records import build_record, idempotency_key
 from relay.routing import Kind, metric_type, parse_event, route
@@ -52,7 +52,15 @@ def _signature_headers(request: web.Request) -> tuple[str | None, str | None] | 
 async def receive(request: web.Request) -> web.Response:
     """Verify, route and publish one delivery; 2xx only once Kafka (or the spool) has it."""
     started = time.monotonic()
-    outcome, response = await _handle(request)
+    admission = request.app[appkeys.ADMISSION]
+    if admission.active >= request.app[appkeys.SETTINGS].max_in_flight:
+        outcome, response = _shed(request)
+    else:
+        admission.active += 1
+        try:
+            outcome, response = await _handle(request)
+        finally:
+            admission.active -= 1
     elapsed = time.monotonic() - started
     request.app[appkeys.METRICS].request_seconds.labels(outcome=outcome.value).observe(elapsed)
     if log.isEnabledFor(logging.DEBUG):
@@ -61,6 +69,19 @@ async def receive(request: web.Request) -> web.Response:
             extra={"outcome": outcome.value, "status": response.status, "seconds": elapsed},
         )
     return response
+
+
+def _shed(request: web.Request) -> tuple[Outcome, web.Response]:
+    """The retryable status at once, body unread: the relay has all it can handle."""
+    settings, metrics = request.app[appkeys.SETTINGS], request.app[appkeys.METRICS]
+    metrics.unavailable.labels(cause=Overloaded.label).inc()
+    metrics.requests.labels(outcome=Outcome.UNAVAILABLE.value, event_type=_NO_TYPE).inc()
+    answer = orjson.dumps({"outcome": Outcome.UNAVAILABLE.value, "error": Overloaded.label})
+    response = web.Response(
+        body=answer, status=settings.unavailable_status, content_type="application/json"
+    )
+    response.headers[hdrs.RETRY_AFTER] = str(settings.retry_after_s)
+    return Outcome.UNAVAILABLE, response
 
 
 async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
