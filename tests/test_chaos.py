@@ -15,7 +15,7 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +88,11 @@ class Spawner:
 async def spawn(
     kafka_cluster: localkafka.Cluster, public_key_files: tuple[Path, ...], tmp_path: Path
 ) -> AsyncIterator[Spawner]:
-    """A :class:`Spawner` (cwd without a config/relay.toml); its relays are stopped after."""
+    """A :class:`Spawner` (cwd without a config/relay.toml).
+
+    After the test: its relays are stopped, every broker is running and answering again
+    whatever the test did, and its topics are deleted.
+    """
     spawner = Spawner(kafka_cluster, public_key_files, tmp_path, unique_topic("chaos"), [])
     yield spawner
     for relay in spawner.relays:
@@ -121,13 +125,6 @@ def restore(cluster: localkafka.Cluster, nodes: tuple[localkafka.Node, ...] = ()
                     + localkafka.logs(cluster, 40)
                 )
             time.sleep(0.25)
-
-
-@pytest.fixture
-def healthy_cluster(kafka_cluster: localkafka.Cluster) -> Iterator[localkafka.Cluster]:
-    """The cluster, left with every broker up and answering whatever the test did."""
-    yield kafka_cluster
-    restore(kafka_cluster)
 
 
 async def started(spawn: Spawner, key: Ed25519PrivateKey, **extra: str) -> Target:
@@ -229,10 +226,10 @@ def first_ack_after(answers: list[Answer], t: float) -> float | None:
 
 @pytest.mark.chaos
 async def test_kill_the_leader_under_load_loses_no_acknowledged_event(
-    healthy_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
+    kafka_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """Kill -9 the busiest partition leader mid-load, restart it: every 2xx is in Kafka."""
-    cluster = healthy_cluster
+    cluster = kafka_cluster
     target = await started(spawn, ed25519_key)
     leader = await busiest_leader(cluster, spawn.topic)
 
@@ -255,10 +252,10 @@ async def test_kill_the_leader_under_load_loses_no_acknowledged_event(
 
 @pytest.mark.chaos
 async def test_every_broker_down_gets_retryable_answers_then_recovers(
-    healthy_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
+    kafka_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """Kill -9 all brokers under load: 429 within the deadline, readiness 503; then 2xx again."""
-    cluster = healthy_cluster
+    cluster = kafka_cluster
     target = await started(spawn, ed25519_key)
     outage_s = pick(5, 30)
 
@@ -317,7 +314,7 @@ async def test_every_broker_down_gets_retryable_answers_then_recovers(
 
 @pytest.mark.chaos
 async def test_kill_the_relay_under_load_loses_no_acknowledged_event(
-    healthy_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
+    kafka_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """Kill -9 ``relay serve`` mid-load and start a new one: every 2xx is in Kafka."""
     target = await started(spawn, ed25519_key)
@@ -332,7 +329,7 @@ async def test_kill_the_relay_under_load_loses_no_acknowledged_event(
         target.url, target.pid = new.url, new.pid
 
     run = await under_load(target, ed25519_key, fault, before_s=pick(4, 15), after_s=pick(4, 15))
-    kafka = await missing_in_kafka(healthy_cluster.bootstrap, spawn.topic, run.answers)
+    kafka = await missing_in_kafka(kafka_cluster.bootstrap, spawn.topic, run.answers)
     report("kill_relay", run, kafka, exit_status=spawn.relays[0].proc.returncode)
 
     assert spawn.relays[0].proc.returncode == -signal.SIGKILL
@@ -351,7 +348,7 @@ async def test_kill_the_relay_under_load_loses_no_acknowledged_event(
 
 @pytest.mark.chaos
 async def test_sigterm_under_load_finishes_in_flight_and_loses_nothing(
-    healthy_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
+    kafka_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """SIGTERM mid-load on the cluster: requests begun before the listener closed are answered.
 
@@ -371,7 +368,7 @@ async def test_sigterm_under_load_finishes_in_flight_and_loses_nothing(
         marks["exited"] = time.monotonic()
 
     run = await under_load(target, ed25519_key, fault, before_s=pick(4, 15), after_s=0.5)
-    kafka = await missing_in_kafka(healthy_cluster.bootstrap, spawn.topic, run.answers)
+    kafka = await missing_in_kafka(kafka_cluster.bootstrap, spawn.topic, run.answers)
     sigterm = run.marks["sigterm"]
     closed = relay.logged_at(SHUTDOWN_MESSAGE)
     assert closed is not None
@@ -401,10 +398,10 @@ async def test_sigterm_under_load_finishes_in_flight_and_loses_nothing(
 
 @pytest.mark.chaos
 async def test_a_stalled_broker_delays_no_answer_past_the_deadline(
-    healthy_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
+    kafka_cluster: localkafka.Cluster, spawn: Spawner, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """SIGSTOP the busiest leader (a partitioned broker) mid-load: answers within the deadline."""
-    cluster = healthy_cluster
+    cluster = kafka_cluster
     target = await started(spawn, ed25519_key)
     leader = await busiest_leader(cluster, spawn.topic)
     stopped_s = pick(5, 20)
