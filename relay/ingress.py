@@ -116,9 +116,13 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
     if declared is not None and declared > settings.max_body_bytes:
         return too_large()
     try:
-        # A body trickled in (slowloris) gets the request's deadline, like the Kafka ack.
-        async with asyncio.timeout_at(deadline):
+        if request.content.is_eof():
+            # Usually the whole body came with the head: no timer to arm and cancel.
             body = await request.read()  # capped by the app's client_max_size
+        else:
+            # A body trickled in (slowloris) gets the request's deadline, like the Kafka ack.
+            async with asyncio.timeout_at(deadline):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return too_large()
     except TimeoutError:
