@@ -326,7 +326,7 @@ def machine(use_wrk: bool) -> Result:
         (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?"
     )
     versions = {}
-    names = ("hoopai-relay", "aiohttp", "aiokafka", "cryptography", "pynacl", "uvloop", "orjson")
+    names = ("hoopai-relay", "aiohttp", "aiokafka", "cryptography", "pynacl", "orjson")
     # The FastAPI peer's stack, from the bench extra.
     for name in (*names, "fastapi", "starlette", "uvicorn", "uvloop", "httptools"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
