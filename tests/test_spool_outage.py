@@ -1,9 +1,9 @@
 """The spool against real failures: a broker outage under load, kill -9, a full spool and disk.
 
 The outage test stops the one broker of the ``outage`` cluster (127.0.0.1:29092), which no
-other test uses. It lasts ``SPOOL_OUTAGE_S`` seconds: 10 by default, 60 with
-``RELAY_CHAOS=1`` (same code). The other tests make Kafka unreachable by pointing the relay
-at a closed port, and replay into the shared single broker afterwards.
+other test uses. It lasts ``SPOOL_OUTAGE_S`` seconds: 10 by default, 60 under
+``make chaos`` (``HOOPAI_CHAOS=1``, same code). The other tests make Kafka unreachable by
+pointing the relay at a closed port, and replay into the shared single broker afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from relay.spool import Entry, encode_frame, segment_name
 from tests.kafkautil import consume, consume_all, unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay, scrape
 
-OUTAGE_S = float(os.environ.get("SPOOL_OUTAGE_S") or (60 if os.environ.get("RELAY_CHAOS") else 10))
+CHAOS = os.environ.get("HOOPAI_CHAOS") == "1"
+OUTAGE_S = float(os.environ.get("SPOOL_OUTAGE_S") or (60 if CHAOS else 10))
 LOCATIONS = 5
 RATE_PER_LOCATION = 4.0  # 20 requests/s in all
 
@@ -89,6 +90,7 @@ def broker_down(cluster: localkafka.Cluster) -> Iterator[None]:
         localkafka.wait_ready(cluster)
 
 
+@pytest.mark.chaos
 async def test_outage_under_load_answers_only_2xx_and_loses_nothing(
     kafka_outage: localkafka.Cluster,
     start_relay: StartRelay,
