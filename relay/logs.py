@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -38,6 +39,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse at ERROR, with a traceback: one INFO line.
+
+    Anyone can send garbage to the port, so those tracebacks would let them flood the
+    logs; the 400s are counted in ``relay_http_responses_total{status="400"}`` anyway.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Demote a parse error to one line; let every other record through unchanged."""
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "malformed request", ()
+        record.exc_info, record.exc_text = None, None
+        record.error = type(error).__name__
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def configure(level: str) -> None:
     """Send every log record, as JSON lines, to stdout at ``level``."""
     handler = logging.StreamHandler(sys.stdout)
@@ -45,3 +65,6 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
