@@ -123,10 +123,7 @@ def plot(samples: list[Sample], path: Path, title: str) -> None:
     memory.set_ylabel("relay RSS (MiB)", color="tab:blue")
     memory.set_ylim(bottom=0)
     cpu = memory.twinx()
-    cores = [
-        (b.cpu_s - a.cpu_s) / max(b.t_s - a.t_s, 1e-9)
-        for a, b in itertools.pairwise(samples)
-    ]
+    cores = [(b.cpu_s - a.cpu_s) / max(b.t_s - a.t_s, 1e-9) for a, b in itertools.pairwise(samples)]
     cpu.plot(minutes[1:], cores, color="tab:orange", alpha=0.6, label="CPU")
     cpu.set_ylabel("relay CPU (cores)", color="tab:orange")
     cpu.set_ylim(bottom=0)

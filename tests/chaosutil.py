@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.sending import as_delivery, sign_ed25519
 from tests.kafkautil import consume_all
-from tests.relayutil import ROOT
+from tests.relayutil import serve_env
 from tests.test_shutdown import start_serve
 
 #: ``HOOPAI_CHAOS=1`` (``make chaos``) selects the long versions of the same tests.
@@ -184,24 +184,19 @@ def relay_env(
     bootstrap: str, public_keys: Sequence[Path], prefix: str, **extra: str
 ) -> dict[str, str]:
     """The environment of a ``relay serve`` on 127.0.0.1:0 against ``bootstrap``."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": "0",
-        "RELAY_METRICS_PORT": "0",
-        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_keys),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_TOPIC_PREFIX": prefix,
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+    return serve_env(
+        bootstrap,
+        public_keys,
+        prefix,
         # The one topic the load uses is auto-created by its first record (RF 3, 3
         # partitions): creating all nine would add 27 partitions to each broker, and a
         # broker killed with many partitions spends its restart recovering their logs.
-        "RELAY_CREATE_TOPICS": "false",
-        "RELAY_READY_CHECK_INTERVAL_S": "0.5",
+        RELAY_CREATE_TOPICS="false",
+        RELAY_READY_CHECK_INTERVAL_S="0.5",
         # The teardown's SIGTERM need not wait the default 5 s; the SIGTERM test sets its own.
-        "RELAY_DRAIN_DELAY_S": "0.2",
+        RELAY_DRAIN_DELAY_S="0.2",
         **extra,
-    }
+    )
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.relayutil import ROOT
+from tests.relayutil import serve_env
 
 
 @dataclass(frozen=True)
@@ -80,17 +79,8 @@ def serve(
     kafka_bootstrap: str, public_keys: tuple[Path, ...], folder: Path, prefix: str, **settings: str
 ) -> Iterator[ServeProcess]:
     """Run ``relay serve`` on 127.0.0.1 with ``RELAY_<NAME>`` for each setting; stop it after."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": "0",
-        "RELAY_METRICS_PORT": "0",
-        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_keys),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_TOPIC_PREFIX": prefix,
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        **{f"RELAY_{name.upper()}": value for name, value in settings.items()},
-    }
+    variables = {f"RELAY_{name.upper()}": value for name, value in settings.items()}
+    env = serve_env(kafka_bootstrap, public_keys, prefix, **variables)
     log = folder / "relay.log"
     # The log goes to a file: a pipe nobody reads would fill and stall the relay.
     with log.open("wb") as out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,26 @@ from relay.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = SAMPLES
+
+
+def serve_env(
+    bootstrap: str, public_keys: Sequence[Path], prefix: str, **variables: str
+) -> dict[str, str]:
+    """The environment of a ``relay serve`` on 127.0.0.1 (ports 0) against ``bootstrap``.
+
+    ``variables`` (``RELAY_*`` names) are added, or replace these.
+    """
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "RELAY_HTTP_HOST": "127.0.0.1",
+        "RELAY_HTTP_PORT": "0",
+        "RELAY_METRICS_PORT": "0",
+        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_keys),
+        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
+        "RELAY_TOPIC_PREFIX": prefix,
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        **variables,
+    }
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,9 @@ class StartRelay(Protocol):
 
 async def scrape(http: aiohttp.ClientSession, relay: RunningRelay) -> str:
     """The relay's /metrics text, served on a port of its own as ``relay serve`` does."""
-    runner = await server.start(create_metrics_app(relay.app[appkeys.METRICS].registry), "127.0.0.1", 0)
+    runner = await server.start(
+        create_metrics_app(relay.app[appkeys.METRICS].registry), "127.0.0.1", 0
+    )
     try:
         host, port = runner.addresses[0][:2]
         async with http.get(f"http://{host}:{port}/metrics") as response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.sending import as_delivery, sign_ed25519
 from tests.kafkautil import consume_all, unique_topic
-from tests.relayutil import ROOT
+from tests.relayutil import serve_env
 
 DELIVERIES = 400
 WORKERS = 16
@@ -49,19 +48,14 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
 ) -> None:
     """SIGTERM mid-load: readiness 503, drain, exit 0, and every 2xx-answered event in Kafka."""
     prefix = unique_topic("shutdown")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": "0",
-        "RELAY_METRICS_PORT": "0",
-        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_key_files),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_TOPIC_PREFIX": prefix,
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "RELAY_DRAIN_DELAY_S": "1.5",
-        "RELAY_SHUTDOWN_GRACE_S": "10",
-        "RELAY_READY_CHECK_INTERVAL_S": "0.5",
-    }
+    env = serve_env(
+        kafka_bootstrap,
+        public_key_files,
+        prefix,
+        RELAY_DRAIN_DELAY_S="1.5",
+        RELAY_SHUTDOWN_GRACE_S="10",
+        RELAY_READY_CHECK_INTERVAL_S="0.5",
+    )
     proc, url = await start_serve(env, tmp_path)  # cwd without a config/relay.toml
     bodies = [
         as_delivery({"type": "ContactUpdate", "locationId": f"loc-{i % 7}", "note": MARKER})

@@ -24,7 +24,7 @@ from relay.settings import Settings
 from relay.spool import SEGMENT_SUFFIX
 from relay.workers import stranded_spools, worker_env
 from tests.kafkautil import consume_all, unique_topic
-from tests.relayutil import ROOT
+from tests.relayutil import serve_env
 
 WORKERS = 2
 DELIVERIES = 60
@@ -79,20 +79,17 @@ async def supervisor(
     """``relay serve --workers 2`` on a fixed free port, its workers listening."""
     port, metrics_port = free_port(), free_port()
     prefix = unique_topic("workers")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": str(port),
-        "RELAY_METRICS_PORT": str(metrics_port),
-        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_key_files),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_TOPIC_PREFIX": prefix,
-        "RELAY_CREATE_TOPICS": "true",
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "RELAY_DRAIN_DELAY_S": "0",
-        "RELAY_SHUTDOWN_GRACE_S": "10",
-        "RELAY_LOG_LEVEL": "DEBUG",
-    }
+    env = serve_env(
+        kafka_bootstrap,
+        public_key_files,
+        prefix,
+        RELAY_HTTP_PORT=str(port),
+        RELAY_METRICS_PORT=str(metrics_port),
+        RELAY_CREATE_TOPICS="true",
+        RELAY_DRAIN_DELAY_S="0",
+        RELAY_SHUTDOWN_GRACE_S="10",
+        RELAY_LOG_LEVEL="DEBUG",
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "serve", "--workers", str(WORKERS),
         env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
