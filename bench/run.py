@@ -39,7 +39,9 @@ from bench.procstat import Jiffies, cpu_seconds, peak_rss_kib
 from bench.targets import (
     REPO,
     Server,
+    add_relay_env_option,
     child_env,
+    relay_env,
     run_child,
     start_bridge,
     start_ceiling,
@@ -412,13 +414,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="closed-loop generator for the maximum (auto: wrk if installed)",
     )
-    parser.add_argument(
-        "--relay-env",
-        action="append",
-        default=[],
-        metavar="RELAY_X=V",
-        help="an extra setting for the relay under test (repeatable)",
-    )
+    add_relay_env_option(parser)
     parser.add_argument("--out", type=Path, help="results folder (bench/results/<run id>)")
     parser.add_argument("--keep-topics", action="store_true")
     return parser
@@ -464,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bootstrap=broker.bootstrap,
         broker_pid=pid,
         prefix=prefix,
-        relay_env=dict(kv.split("=", 1) for kv in args.relay_env),
+        relay_env=relay_env(args),
         logs=logs,
         requests=requests,
         warm_requests=warm_requests,

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deliveries, wrk
 from bench.procstat import cpu_seconds, tree
-from bench.targets import REPO, child_env, start_relay
+from bench.targets import REPO, add_relay_env_option, child_env, relay_env, start_relay
 
 sys.path.insert(0, str(REPO / "dev"))
 import localkafka  # the harness lives in dev/, outside the package
@@ -143,13 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, help="requests/s (default: fraction x the max)")
     parser.add_argument("--fraction", type=float, default=0.5, help="of the max (0.5)")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples (5)")
-    parser.add_argument(
-        "--relay-env",
-        action="append",
-        default=[],
-        metavar="RELAY_X=V",
-        help="an extra setting for the relay under test (repeatable)",
-    )
+    add_relay_env_option(parser)
     parser.add_argument("--out", type=Path, help="results folder (bench/results/soak-<id>)")
     return parser
 
@@ -166,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or REPO / "bench" / "results" / f"soak-{run_id}"
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    relay_env = dict(kv.split("=", 1) for kv in args.relay_env)
+    settings = relay_env(args)
     key = Ed25519PrivateKey.generate()
     public_key = deliveries.write_public_key(key, logs / "soak-ed25519.pem")
     prefix = f"soak-{run_id}"
@@ -176,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.soak: measuring the max (wrk, 10 s) ...", file=sys.stderr, flush=True)
         probe = deliveries.build(20_000, key, locations=500, seed=11, tag="m")
         probe_file = deliveries.write_requests(probe, logs / "max-requests.bin")
-        server = start_relay(logs, public_key, f"{prefix}-max", broker.bootstrap, relay_env)
+        server = start_relay(logs, public_key, f"{prefix}-max", broker.bootstrap, settings)
         try:
             server.wait_ready()
             rate = round(args.fraction * _max_rate(server.port, probe_file, logs / "wrk.log"), 1)
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         deliveries.build(count, key, locations=500, seed=12, tag="s"), logs / "requests.bin"
     )
 
-    server = start_relay(logs, public_key, prefix, broker.bootstrap, relay_env)
+    server = start_relay(logs, public_key, prefix, broker.bootstrap, settings)
     try:
         server.wait_ready()
         argv = [
@@ -222,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         "rate": rate,
         "duration_s": args.duration,
         "deliveries": count,
-        "dedup_window": int(relay_env.get("RELAY_DEDUP_WINDOW", DEDUP_WINDOW)),
-        "relay_env": relay_env,
+        "dedup_window": int(settings.get("RELAY_DEDUP_WINDOW", DEDUP_WINDOW)),
+        "relay_env": settings,
         "summary": summary(samples, args.duration),
         "load": load,
         "relay_outcomes": outcomes,

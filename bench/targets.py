@@ -7,6 +7,7 @@ ever stopped, by their own pid.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import os
@@ -33,6 +34,22 @@ REPO: Final = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
 _OUTCOME: Final = re.compile(r'^relay_requests_total\{.*outcome="([a-z_]+)".*\} (\S+)$')
+
+
+def add_relay_env_option(parser: argparse.ArgumentParser) -> None:
+    """``--relay-env RELAY_X=V``, repeatable: settings for the relay under test."""
+    parser.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="RELAY_X=V",
+        help="an extra setting for the relay under test (repeatable)",
+    )
+
+
+def relay_env(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--relay-env`` settings, as a mapping."""
+    return dict(kv.split("=", 1) for kv in args.relay_env)
 
 
 def free_port() -> int:
