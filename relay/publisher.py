@@ -21,6 +21,7 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import RecordMetadata
 
 from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed
@@ -104,7 +105,6 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_S)
                 continue
-            producer.client.set_topics(self._topics)  # what metadata updates ask for
             self._producer = producer
             self._started.set()
             log.info("kafka producer started")
@@ -115,14 +115,22 @@ class Publisher:
         producer = self._producer
         if producer is None:
             return False
+        client = producer.client
+        # No topics: the brokers only. Every topic's metadata (aiokafka's fetch_all_metadata)
+        # was a visible share of the CPU on a cluster of thousands of topics, and asking for
+        # the relay's own would create them on a broker that auto-creates topics.
+        request = MetadataRequest([], allow_auto_topic_creation=False)
         try:
             async with asyncio.timeout(timeout_s):
-                # The relay's own topics only (set at start): the metadata of every topic
-                # of a big cluster, every few seconds, was a visible share of the CPU.
-                updated: bool = await producer.client.force_metadata_update()
-        except (TimeoutError, KafkaError):
-            return False
-        return updated
+                for broker in client.cluster.brokers():
+                    try:
+                        await client.send(broker.nodeId, request)
+                    except KafkaError:
+                        continue  # that one is down: ask the next
+                    return True
+        except TimeoutError:
+            pass
+        return False
 
     def _watch(self, producer: AIOKafkaProducer, delivery: asyncio.Future[RecordMetadata]) -> None:
         """Replace ``producer`` if this record fails in a way that breaks it for good.

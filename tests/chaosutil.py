@@ -191,11 +191,14 @@ def relay_env(
         # The one topic the load uses is auto-created by its first record (RF 3, 3
         # partitions): creating all nine would add 27 partitions to each broker, and a
         # broker killed with many partitions spends its restart recovering their logs.
-        RELAY_CREATE_TOPICS="false",
-        RELAY_READY_CHECK_INTERVAL_S="0.5",
-        # The teardown's SIGTERM need not wait the default 5 s; the SIGTERM test sets its own.
-        RELAY_DRAIN_DELAY_S="0.2",
-        **extra,
+        **{
+            "RELAY_CREATE_TOPICS": "false",
+            "RELAY_READY_CHECK_INTERVAL_S": "0.5",
+            # The teardown's SIGTERM need not wait the default 5 s; the SIGTERM test sets
+            # its own.
+            "RELAY_DRAIN_DELAY_S": "0.2",
+            **extra,
+        },
     )
 
 
