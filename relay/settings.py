@@ -144,6 +144,9 @@ class Settings:
         ):
             if not ok:
                 raise ConfigError(f"{_describe(self, name)}: out of range or not allowed")
+        if self.workers > 1 and self.http_port == 0:
+            # Each worker would bind a port of its own choosing instead of sharing one.
+            raise ConfigError("RELAY_WORKERS above 1 needs a fixed RELAY_HTTP_PORT, not 0")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("RELAY_TLS_CERT_FILE and RELAY_TLS_KEY_FILE go together")
         if self.kafka_security_protocol.startswith("SASL") and not (

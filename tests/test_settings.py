@@ -137,6 +137,14 @@ def test_sasl_without_credentials_is_refused() -> None:
         Settings.from_env({"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
 
 
+def test_workers_need_a_fixed_port() -> None:
+    """Several workers share one port, so port 0 (each its own) is refused; one may use 0."""
+    with pytest.raises(ConfigError, match="RELAY_WORKERS above 1 needs a fixed RELAY_HTTP_PORT"):
+        Settings.from_env({"RELAY_WORKERS": "2", "RELAY_HTTP_PORT": "0"})
+    assert Settings.from_env({"RELAY_WORKERS": "2", "RELAY_HTTP_PORT": "8081"}).workers == 2
+    assert Settings.from_env({"RELAY_HTTP_PORT": "0"}).http_port == 0
+
+
 def test_tls_files_go_together(tmp_path: Path) -> None:
     """A certificate without its key (or a missing file) is refused at start-up."""
     cert = tmp_path / "cert.pem"
