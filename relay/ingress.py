@@ -22,9 +22,10 @@ from aiokafka.structs import RecordMetadata
 
 from relay import appkeys
 from relay.errors import Overloaded, ProduceFailed, PublishError
-from relay.metrics import Outcome
+from relay.metrics import Metrics, Outcome
 from relay.records import build_record, idempotency_key
 from relay.routing import Kind, metric_type, parse_event, route
+from relay.settings import Settings
 from relay.signatures import Reason, Rejected, Verified, verify
 
 log = logging.getLogger(__name__)
@@ -71,17 +72,32 @@ async def receive(request: web.Request) -> web.Response:
     return response
 
 
-def _shed(request: web.Request) -> tuple[Outcome, web.Response]:
-    """The retryable status at once, body unread: the relay has all it can handle."""
-    settings, metrics = request.app[appkeys.SETTINGS], request.app[appkeys.METRICS]
-    metrics.unavailable.labels(cause=Overloaded.label).inc()
-    metrics.requests.labels(outcome=Outcome.UNAVAILABLE.value, event_type=_NO_TYPE).inc()
-    answer = orjson.dumps({"outcome": Outcome.UNAVAILABLE.value, "error": Overloaded.label})
-    response = web.Response(
-        body=answer, status=settings.unavailable_status, content_type="application/json"
+def _answer(
+    metrics: Metrics, status: int, outcome: Outcome, event_type: str, **fields: object
+) -> tuple[Outcome, web.Response]:
+    """Count the request by outcome and type; its JSON answer."""
+    metrics.requests.labels(outcome=outcome.value, event_type=event_type).inc()
+    # orjson, not json_response's json.dumps: a few percent of the CPU per request.
+    answer = orjson.dumps({"outcome": outcome.value, **fields})
+    return outcome, web.Response(body=answer, status=status, content_type="application/json")
+
+
+def _retryable(
+    settings: Settings, metrics: Metrics, cause: str, event_type: str
+) -> tuple[Outcome, web.Response]:
+    """The retryable status with ``Retry-After``, counted under its ``cause``."""
+    metrics.unavailable.labels(cause=cause).inc()
+    outcome, response = _answer(
+        metrics, settings.unavailable_status, Outcome.UNAVAILABLE, event_type, error=cause
     )
     response.headers[hdrs.RETRY_AFTER] = str(settings.retry_after_s)
-    return Outcome.UNAVAILABLE, response
+    return outcome, response
+
+
+def _shed(request: web.Request) -> tuple[Outcome, web.Response]:
+    """The retryable status at once, body unread: the relay has all it can handle."""
+    app = request.app
+    return _retryable(app[appkeys.SETTINGS], app[appkeys.METRICS], Overloaded.label, _NO_TYPE)
 
 
 async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
@@ -93,10 +109,7 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
     def done(
         status: int, outcome: Outcome, event_type: str, **fields: object
     ) -> tuple[Outcome, web.Response]:
-        metrics.requests.labels(outcome=outcome.value, event_type=event_type).inc()
-        # orjson, not json_response's json.dumps: a few percent of the CPU per request.
-        answer = orjson.dumps({"outcome": outcome.value, **fields})
-        return outcome, web.Response(body=answer, status=status, content_type="application/json")
+        return _answer(metrics, status, outcome, event_type, **fields)
 
     def too_large() -> tuple[Outcome, web.Response]:
         answer = done(413, Outcome.TOO_LARGE, _NO_TYPE, limit=settings.max_body_bytes)
@@ -173,13 +186,10 @@ async def _handle(request: web.Request) -> tuple[Outcome, web.Response]:
         else:
             ack = await spooler.deliver(record, deadline)
     except PublishError as exc:
-        metrics.unavailable.labels(cause=exc.label).inc()
         if isinstance(exc, ProduceFailed):
             metrics.producer_errors.labels(error=exc.kafka_error).inc()
         log.warning("not acknowledged", extra={"cause": exc.label, "detail": str(exc)})
-        answer = done(settings.unavailable_status, Outcome.UNAVAILABLE, event_type, error=exc.label)
-        answer[1].headers[hdrs.RETRY_AFTER] = str(settings.retry_after_s)
-        return answer
+        return _retryable(settings, metrics, exc.label, event_type)
     finally:
         metrics.in_flight.dec()
     recent.add(ce_id)
