@@ -97,18 +97,38 @@ class Cluster:
         raise KafkaHarnessError(f"{self.name} has no node {node_id}")
 
 
-CLUSTERS = {
-    "single": Cluster("single", (Node(1, 9092, 9093, sasl_port=9094),), 1, 1),
-    "cluster": Cluster(
-        "cluster",
-        (Node(1, 19092, 19192), Node(2, 19093, 19193), Node(3, 19094, 19194)),
-        replication_factor=3,
-        min_insync_replicas=2,
-    ),
-    # Stopped outright by the spool's outage tests: a broker of their own, so that nobody
-    # else's test sees its outage.
-    "outage": Cluster("outage", (Node(1, 29092, 29093),), 1, 1),
-}
+def port_offset() -> int:
+    """``HOOPAI_KAFKA_PORT_OFFSET``: added to every port below (0 unless set).
+
+    Two checkouts testing at once on one machine each set their own offset (and their own
+    ``HOOPAI_KAFKA_HOME``), so neither reuses, nor stops, the other's brokers.
+    """
+    raw = os.environ.get("HOOPAI_KAFKA_PORT_OFFSET") or "0"
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise KafkaHarnessError(f"HOOPAI_KAFKA_PORT_OFFSET={raw!r}: not a whole number") from None
+    if not 0 <= offset <= 30000:
+        raise KafkaHarnessError(f"HOOPAI_KAFKA_PORT_OFFSET={offset}: must be 0 to 30000")
+    return offset
+
+
+def _clusters(o: int) -> dict[str, Cluster]:
+    return {
+        "single": Cluster("single", (Node(1, 9092 + o, 9093 + o, sasl_port=9094 + o),), 1, 1),
+        "cluster": Cluster(
+            "cluster",
+            tuple(Node(i, 19091 + i + o, 19191 + i + o) for i in (1, 2, 3)),
+            replication_factor=3,
+            min_insync_replicas=2,
+        ),
+        # Stopped outright by the spool's outage tests: a broker of their own, so that nobody
+        # else's test sees its outage.
+        "outage": Cluster("outage", (Node(1, 29092 + o, 29093 + o),), 1, 1),
+    }
+
+
+CLUSTERS = _clusters(port_offset())
 
 
 def kafka_version() -> str:
