@@ -14,6 +14,7 @@ HELM := $(HELM_DIR)/helm
 export KAFKA_VERSION HELM
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
+        kafka-secure-up kafka-secure-down \
         kafka-logs helm lint lock test run bench soak chaos clean
 
 help:  ## list the targets
@@ -41,6 +42,12 @@ kafka-cluster-up:  ## three KRaft brokers on 127.0.0.1:19092-19094, RF 3, min IS
 
 kafka-cluster-down:  ## stop the three brokers
 	$(LOCALKAFKA) down --cluster cluster
+
+kafka-secure-up: venv  ## one broker with TLS, mutual TLS, SASL_SSL, OAUTHBEARER (see README)
+	$(BIN)/python dev/securekafka.py up
+
+kafka-secure-down:  ## stop it and its OIDC stand-in; delete its certificates
+	$(LOCALKAFKA) down --cluster secure
 
 kafka-logs:  ## tail the logs of the local brokers
 	@$(LOCALKAFKA) logs; $(LOCALKAFKA) logs --cluster cluster

@@ -15,6 +15,13 @@ Layout (``HOOPAI_KAFKA_HOME``, default ``$TMPDIR/hoopai-relay-kafka``)::
 
 ``down`` also removes ``cluster.id`` and ``scram.password``: the next ``up`` starts afresh.
 
+The ``secure`` cluster (one node) also has the TLS listeners managed clusters require: SSL,
+mutual TLS, SASL_SSL (PLAIN, SCRAM, OAUTHBEARER against a JWKS endpoint) and an SSL listener
+whose certificate names another host. Its certificates, stores and OIDC stand-in need the
+project's virtualenv (``cryptography``), so it is brought up by ``dev/securekafka.py``, which
+writes ``<home>/secure/pki/`` and starts the stand-in before calling :func:`up`. Here, in the
+standard library only, are its ports, its ``server.properties`` and its ``down``.
+
 Standard library only, so it runs before the project's virtualenv exists and the pytest
 fixtures can import it (``tests/conftest.py``).
 """
@@ -48,6 +55,14 @@ SCRAM_USER = "relay"
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 # The SASL listener's name in server.properties (its security protocol is SASL_PLAINTEXT).
 _SCRAM_LISTENER = "SCRAM"
+#: the mechanisms of the secure cluster's SASL_SSL listener
+SASL_SSL_MECHANISMS = ("PLAIN", *SCRAM_MECHANISMS, "OAUTHBEARER")
+#: the audience the secure broker requires in OAuth tokens (``sasl.oauthbearer.expected.audience``)
+OAUTH_AUDIENCE = "hoopai-relay-kafka"
+#: Above 0, the broker ends an OAUTHBEARER session when its token expires (KIP-368): the
+#: connection is closed at its first request after that, so a client has to come back with
+#: a fresh token, as with a managed cluster. The token, not this hour, is what ends a session.
+_OAUTH_MAX_REAUTH_MS = 3_600_000
 
 # Brokers this process started. Kept so they are reaped on stop and not garbage-collected
 # while running (Popen warns about that); the pid files stay the source of truth.
@@ -59,6 +74,22 @@ class KafkaHarnessError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TlsPorts:
+    """The TLS client listeners of the secure cluster's node, and its OIDC stand-in."""
+
+    #: SSL, server authentication only
+    ssl: int
+    #: SSL with ``ssl.client.auth=required``: mutual TLS
+    mtls: int
+    #: SASL_SSL with PLAIN, SCRAM-SHA-256/512 and OAUTHBEARER
+    sasl_ssl: int
+    #: SSL, with a certificate (signed by the same CA) for another host name than 127.0.0.1
+    wrong_host: int
+    #: the OIDC stand-in's HTTP port on 127.0.0.1: the JWKS and the token endpoint
+    oidc: int
+
+
+@dataclass(frozen=True)
 class Node:
     """One combined broker+controller process."""
 
@@ -67,6 +98,13 @@ class Node:
     controller_port: int
     #: a SASL_PLAINTEXT listener taking SCRAM-SHA-256/512, if the node has one
     sasl_port: int | None = None
+    #: the TLS listeners, if the node has them (the secure cluster)
+    tls: TlsPorts | None = None
+
+    @property
+    def has_scram_user(self) -> bool:
+        """Whether formatting adds the SCRAM user (a SASL listener takes SCRAM)."""
+        return self.sasl_port is not None or self.tls is not None
 
 
 @dataclass(frozen=True)
@@ -88,6 +126,16 @@ class Cluster:
         """The bootstrap list of the SCRAM listeners, or None if the nodes have none."""
         ports = [n.sasl_port for n in self.nodes if n.sasl_port is not None]
         return ",".join(f"127.0.0.1:{p}" for p in ports) or None
+
+    @property
+    def tls(self) -> TlsPorts | None:
+        """The TLS listeners of the (single) node that has them, if any."""
+        return next((n.tls for n in self.nodes if n.tls is not None), None)
+
+    @property
+    def has_scram_user(self) -> bool:
+        """Whether the cluster's storage is formatted with the SCRAM user."""
+        return any(n.has_scram_user for n in self.nodes)
 
     def node(self, node_id: int) -> Node:
         """The node with this id."""
@@ -125,6 +173,14 @@ def _clusters(o: int) -> dict[str, Cluster]:
         # Stopped outright by the spool's outage tests: a broker of their own, so that nobody
         # else's test sees its outage.
         "outage": Cluster("outage", (Node(1, 29092 + o, 29093 + o),), 1, 1),
+        # TLS, mutual TLS and SASL_SSL for the relay's secure-Kafka tests. Below 32768: not in
+        # Linux's ephemeral range, where an outgoing connection could hold the port.
+        "secure": Cluster(
+            "secure",
+            (Node(1, 25092 + o, 25093 + o, tls=TlsPorts(*(p + o for p in range(25094, 25099)))),),
+            1,
+            1,
+        ),
     }
 
 
@@ -165,7 +221,7 @@ def scram_password_file(cluster: Cluster) -> Path:
 
 def scram_credentials(cluster: Cluster) -> tuple[str, str] | None:
     """``(user, password)`` for the cluster's SCRAM listener; None without one or unformatted."""
-    if cluster.sasl_bootstrap is None:
+    if not cluster.has_scram_user:
         return None
     try:
         password = scram_password_file(cluster).read_text().strip()
@@ -185,6 +241,21 @@ def _scram_password(cluster: Cluster) -> str:
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip()
+
+
+def pki_dir(cluster: Cluster) -> Path:
+    """The secure cluster's certificates, stores and secrets (written by dev/securekafka.py)."""
+    return home() / cluster.name / "pki"
+
+
+def oidc_pid_file(cluster: Cluster) -> Path:
+    """The OIDC stand-in's pid (started by dev/securekafka.py, stopped by :func:`down`)."""
+    return home() / cluster.name / "oidc.pid"
+
+
+def oidc_issuer(tls: TlsPorts) -> str:
+    """The OIDC stand-in's issuer URL (``iss`` of its tokens), also its base URL."""
+    return f"http://127.0.0.1:{tls.oidc}"
 
 
 def fetch() -> Path:
@@ -224,6 +295,9 @@ def _properties(cluster: Cluster, node: Node, data: Path) -> str:
         for mechanism in SCRAM_MECHANISMS:
             key = f"listener.name.{_SCRAM_LISTENER.lower()}.{mechanism.lower()}.sasl.jaas.config"
             sasl[key] = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    tls: dict[str, object] = {}
+    if node.tls is not None:
+        tls = _tls_properties(cluster, node.tls, listeners, protocols)
     props = {
         "process.roles": "broker,controller",
         "node.id": node.node_id,
@@ -234,6 +308,7 @@ def _properties(cluster: Cluster, node: Node, data: Path) -> str:
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": ",".join(protocols),
         **sasl,
+        **tls,
         "log.dirs": data,
         "num.partitions": 3,
         "default.replication.factor": rf,
@@ -248,6 +323,79 @@ def _properties(cluster: Cluster, node: Node, data: Path) -> str:
         "group.initial.rebalance.delay.ms": 0,
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _tls_properties(
+    cluster: Cluster, ports: TlsPorts, listeners: list[str], protocols: list[str]
+) -> dict[str, object]:
+    """The TLS listeners (appended to ``listeners``/``protocols``) and their settings.
+
+    The files are dev/securekafka.py's (:func:`pki_dir`); a missing one fails the start.
+    """
+    pki = pki_dir(cluster)
+    try:
+        store_password = (pki / "store.password").read_text().strip()
+    except FileNotFoundError:
+        raise KafkaHarnessError(
+            f"{pki} has no certificates: the {cluster.name} cluster is brought up by "
+            f"`.venv/bin/python dev/securekafka.py up`, which makes them first"
+        ) from None
+    password = _scram_password(cluster)
+    for name, protocol, port in (
+        ("SSL", "SSL", ports.ssl),
+        ("MTLS", "SSL", ports.mtls),
+        ("SASL_SSL", "SASL_SSL", ports.sasl_ssl),
+        ("WRONGHOST", "SSL", ports.wrong_host),
+    ):
+        listeners.append(f"{name}://127.0.0.1:{port}")
+        protocols.append(f"{name}:{protocol}")
+
+    def keystore(prefix: str, file: str) -> dict[str, object]:
+        return {
+            f"{prefix}ssl.keystore.type": "PKCS12",
+            f"{prefix}ssl.keystore.location": pki / file,
+            f"{prefix}ssl.keystore.password": store_password,
+            f"{prefix}ssl.key.password": store_password,
+        }
+
+    sasl_ssl = "listener.name.sasl_ssl."
+    oauth = f"{sasl_ssl}oauthbearer."
+    return {
+        **keystore("", "broker.p12"),
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": pki / "truststore.p12",
+        "ssl.truststore.password": store_password,
+        "ssl.client.auth": "none",
+        "listener.name.mtls.ssl.client.auth": "required",
+        **keystore("listener.name.wronghost.", "wronghost.p12"),
+        f"{sasl_ssl}sasl.enabled.mechanisms": ",".join(SASL_SSL_MECHANISMS),
+        f"{sasl_ssl}plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{SCRAM_USER}="{password}";'
+        ),
+        **{
+            f"{sasl_ssl}{m.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+            for m in SCRAM_MECHANISMS
+        },
+        f"{oauth}sasl.jaas.config": (
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+        ),
+        f"{oauth}sasl.server.callback.handler.class": (
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler"
+        ),
+        f"{oauth}connections.max.reauth.ms": _OAUTH_MAX_REAUTH_MS,
+        # Named outright: Kafka 4.1.1's default (DefaultJwtValidator, configured by the
+        # handler without a key resolver) falls back to ClientJwtValidator, which checks no
+        # signature and no audience: a forged token was accepted (tests/test_secure_kafka.py).
+        "sasl.oauthbearer.jwt.validator.class": (
+            "org.apache.kafka.common.security.oauthbearer.BrokerJwtValidator"
+        ),
+        "sasl.oauthbearer.jwks.endpoint.url": f"{oidc_issuer(ports)}/jwks",
+        "sasl.oauthbearer.expected.audience": OAUTH_AUDIENCE,
+        "sasl.oauthbearer.expected.issuer": oidc_issuer(ports),
+    }
 
 
 _LOG4J2 = """\
@@ -277,12 +425,22 @@ def _cluster_id(cluster: Cluster) -> str:
     return path.read_text().strip()
 
 
-def _java(libs: Path, node_path: Path, main: str, *args: str) -> list[str]:
+def _java(
+    libs: Path, node_path: Path, main: str, *args: str, tls: TlsPorts | None = None
+) -> list[str]:
+    # Kafka 4 fetches no OAuth URL it was not allowed (a broker config must not make it
+    # reach anywhere): the JWKS endpoint of the OIDC stand-in.
+    allowed = (
+        []
+        if tls is None
+        else [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={oidc_issuer(tls)}/jwks"]
+    )
     return [
         os.environ.get("JAVA", "java"),
         *os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g").split(),
         "-XX:+UseG1GC",
         "-Djava.awt.headless=true",
+        *allowed,
         f"-Dlog4j2.configurationFile={node_path / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={node_path}",
         "-cp",
@@ -297,10 +455,12 @@ def _prepare(cluster: Cluster, node: Node, libs: Path) -> Path:
     nd = node_dir(cluster, node)
     data = nd / "data"
     nd.mkdir(parents=True, exist_ok=True)
-    (nd / "server.properties").write_text(_properties(cluster, node, data))
+    properties = nd / "server.properties"
+    properties.touch(mode=0o600)  # the secure node's holds the stores' and PLAIN password
+    properties.write_text(_properties(cluster, node, data))
     (nd / "log4j2.properties").write_text(_LOG4J2.format(log=nd / "server.log"))
     formatted = (data / "meta.properties").exists()
-    if formatted and node.sasl_port is not None and scram_credentials(cluster) is None:
+    if formatted and node.has_scram_user and scram_credentials(cluster) is None:
         # Formatted before the SCRAM listener existed: its metadata has no SCRAM user, and
         # only formatting adds one. The data is a disposable test broker's; start afresh.
         print(f"localkafka: {data} has no SCRAM credentials; formatting it again", flush=True)
@@ -310,7 +470,7 @@ def _prepare(cluster: Cluster, node: Node, libs: Path) -> Path:
         # --cluster-id=ID, not -t ID: an id made elsewhere may start with "-".
         args = ["format", "--ignore-formatted", f"--cluster-id={_cluster_id(cluster)}",
                 "-c", str(nd / "server.properties")]  # fmt: skip
-        if node.sasl_port is not None:
+        if node.has_scram_user:
             password = _scram_password(cluster)
             for mechanism in SCRAM_MECHANISMS:
                 args += ["--add-scram", f"{mechanism}=[name={SCRAM_USER},password={password}]"]
@@ -401,13 +561,18 @@ def start_node(cluster: Cluster, node: Node) -> bool:
         return False
     libs = fetch()
     nd = _prepare(cluster, node, libs)
-    cmd = _java(libs, nd, "kafka.Kafka", str(nd / "server.properties"))
+    cmd = _java(libs, nd, "kafka.Kafka", str(nd / "server.properties"), tls=node.tls)
     with (nd / "stdout.log").open("ab") as out:
         # A session of its own: Ctrl-C in make or pytest must not reach the broker half-way.
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _CHILDREN[proc.pid] = proc
     (nd / "pid").write_text(str(proc.pid))
     return True
+
+
+def keep_child(proc: subprocess.Popen[bytes]) -> None:
+    """Hold a helper process started for a cluster (the OIDC stand-in) until ``down`` reaps it."""
+    _CHILDREN[proc.pid] = proc
 
 
 def _exited(cluster: Cluster, node: Node) -> bool:
@@ -502,9 +667,22 @@ def kill_node(cluster: Cluster, node: Node, sig: signal.Signals = signal.SIGKILL
     return pid
 
 
+def oidc_pid(cluster: Cluster) -> int | None:
+    """The OIDC stand-in's pid if that process is alive and is really ours."""
+    try:
+        pid = int(oidc_pid_file(cluster).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # As for brokers: a recycled pid must never be signalled.
+    return pid if b"securekafka.py" in cmdline and str(home()).encode() in cmdline else None
+
+
 def down(cluster: Cluster) -> None:
-    """Stop every node by its recorded pid and remove the data; keep the logs."""
+    """Stop every node (and the OIDC stand-in) by its recorded pid, remove the data; keep logs."""
     pids = [p for n in cluster.nodes if (p := _read_pid(cluster, n)) is not None]
+    if (stand_in := oidc_pid(cluster)) is not None:
+        pids.append(stand_in)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     for pid in _wait_gone(pids, STOP_TIMEOUT_S):
@@ -516,6 +694,8 @@ def down(cluster: Cluster) -> None:
         shutil.rmtree(nd / "data", ignore_errors=True)
     (home() / cluster.name / "cluster.id").unlink(missing_ok=True)
     scram_password_file(cluster).unlink(missing_ok=True)
+    oidc_pid_file(cluster).unlink(missing_ok=True)
+    shutil.rmtree(pki_dir(cluster), ignore_errors=True)  # a fresh CA and secrets next time
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -544,10 +724,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n in cluster.nodes:
                     print(f"node {n.node_id} :{n.port} pid={_read_pid(cluster, n)} "
                           f"metadata={metadata_brokers(n.port)}")  # fmt: skip
-                if cluster.sasl_bootstrap is not None:
+                if (tls := cluster.tls) is not None:
+                    print(f"tls SSL :{tls.ssl}, mutual TLS :{tls.mtls}, SASL_SSL :{tls.sasl_ssl} "
+                          f"{'/'.join(SASL_SSL_MECHANISMS)}, wrong host name :{tls.wrong_host}; "
+                          f"files in {pki_dir(cluster)}; OIDC {oidc_issuer(tls)} "
+                          f"pid={oidc_pid(cluster)}")  # fmt: skip
+                if cluster.has_scram_user:
                     found = "" if scram_credentials(cluster) else " (not formatted yet)"
-                    print(f"scram {cluster.sasl_bootstrap} SASL_PLAINTEXT "
-                          f"{'/'.join(SCRAM_MECHANISMS)} user={SCRAM_USER} "
+                    where = (f"{cluster.sasl_bootstrap} SASL_PLAINTEXT" if cluster.sasl_bootstrap
+                             else "the SASL_SSL listener")  # fmt: skip
+                    print(f"scram {where} {'/'.join(SCRAM_MECHANISMS)} user={SCRAM_USER} "
                           f"password_file={scram_password_file(cluster)}{found}")  # fmt: skip
             case "logs":
                 print(logs(cluster))

@@ -1,8 +1,10 @@
 """Session fixtures: a real Kafka on 127.0.0.1, started here only when a test needs one.
 
 ``kafka_bootstrap`` reuses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else brings up the single
-local broker (``dev/localkafka.py``); ``kafka_cluster`` brings up the three-broker cluster.
-Each stops only what it started. Tests that request neither never touch Java.
+local broker (``dev/localkafka.py``); ``kafka_cluster`` brings up the three-broker cluster;
+``kafka_secure`` the TLS/SASL_SSL/OAUTHBEARER broker and its OIDC stand-in
+(``dev/securekafka.py``). Each stops only what it started. Tests that request none of them
+never touch Java.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import aiohttp
 import localkafka  # dev/, on the path by pytest's `pythonpath` setting
 import pytest
+import securekafka
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -29,7 +32,12 @@ from relay.settings import Settings
 from tests.kafkautil import unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
-KAFKA_FIXTURES = {"kafka_bootstrap": "kafka", "kafka_cluster": "cluster", "kafka_outage": "outage"}
+KAFKA_FIXTURES = {
+    "kafka_bootstrap": "kafka",
+    "kafka_cluster": "cluster",
+    "kafka_outage": "outage",
+    "kafka_secure": "secure",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,10 +59,14 @@ def pytest_runtest_makereport(
             ("kafka_bootstrap", "single"),
             ("kafka_cluster", "cluster"),
             ("kafka_outage", "outage"),
+            ("kafka_secure", "secure"),
         ):
             if fixture in getattr(item, "fixturenames", ()):
                 cluster = localkafka.CLUSTERS[cluster_name]
                 report.sections.append((f"broker logs ({cluster_name})", localkafka.logs(cluster)))
+        if "kafka_secure" in getattr(item, "fixturenames", ()):
+            oidc_log = localkafka.home() / securekafka.SECURE.name / "oidc.log"
+            report.sections.append(("OIDC stand-in log", localkafka.tail(oidc_log, 30)))
     return report
 
 
@@ -90,6 +102,18 @@ def kafka_outage() -> Iterator[localkafka.Cluster]:
     yield cluster
     if started:
         localkafka.down(cluster)
+
+
+@pytest.fixture(scope="session")
+def kafka_secure() -> Iterator[securekafka.SecureKafka]:
+    """The secure broker (SSL, mutual TLS, SASL_SSL with PLAIN/SCRAM/OAUTHBEARER) and its IdP.
+
+    Its own ports and certificates (made now), so the other brokers and tests are untouched.
+    """
+    started = securekafka.up()
+    yield securekafka.describe()
+    if started:
+        localkafka.down(securekafka.SECURE)
 
 
 @pytest.fixture(scope="session")
