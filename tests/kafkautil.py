@@ -30,6 +30,19 @@ async def _reader(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]
         await consumer.stop()
 
 
+async def first_record(topic: str, **options: Any) -> Any:
+    """The first record of ``topic``, read with these client options (TLS, SASL), within 30 s."""
+    consumer = AIOKafkaConsumer(
+        topic, **options, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            return await consumer.getone()
+    finally:
+        await consumer.stop()
+
+
 async def consume(bootstrap: str, topic: str, count: int) -> list[Any]:
     """Read ``count`` records of ``topic`` from the beginning, within 30 s."""
     records: list[Any] = []

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import securekafka
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.helpers import create_ssl_context
 from cryptography.hazmat.primitives import hashes
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from relay.kafkacheck import KafkaLoginError, check_oauth, check_tls
 from tests.certs import self_signed
-from tests.kafkautil import unique_topic
+from tests.kafkautil import first_record, unique_topic
 
 MODES = ("SSL", "mutual TLS", "SASL_SSL PLAIN", "SASL_SSL SCRAM-SHA-512", "SASL_SSL OAUTHBEARER")
 
@@ -82,15 +82,7 @@ async def test_each_listener_round_trips(kafka_secure: securekafka.SecureKafka, 
         sent = await producer.send_and_wait(topic, b"over " + mode.encode(), key=b"k")
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        topic, **client_options(kafka_secure, mode), auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        async with asyncio.timeout(30):
-            record = await consumer.getone()
-    finally:
-        await consumer.stop()
+    record = await first_record(topic, **client_options(kafka_secure, mode))
     assert (record.value, record.offset) == (b"over " + mode.encode(), sent.offset)
 
 

@@ -10,13 +10,13 @@ from typing import Any
 import aiohttp
 import localkafka
 import pytest
-from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.kafkaconf import client_options
 from relay.sending import as_delivery, sign_ed25519
 from relay.settings import Settings
 from tests.certs import self_signed
+from tests.kafkautil import first_record
 from tests.relayutil import RunningRelay, StartRelay
 
 SINGLE = localkafka.CLUSTERS["single"]
@@ -72,18 +72,7 @@ async def test_relay_publishes_over_scram(
     assert status == 200, answer
     assert answer["topic"] == relay.topic("contacts")
 
-    consumer = AIOKafkaConsumer(
-        answer["topic"],
-        **client_options(relay.settings),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        async with asyncio.timeout(30):
-            record = await consumer.getone()
-    finally:
-        await consumer.stop()
+    record = await first_record(answer["topic"], **client_options(relay.settings))
     assert (record.value, record.key) == (body, f"loc-{mechanism.lower()}".encode())
     assert (record.partition, record.offset) == (answer["partition"], answer["offset"])
 
