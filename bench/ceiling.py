@@ -1,7 +1,7 @@
 """The ceilings: a bare aiohttp app that reads the body and answers 200, optionally + 1 verify.
 
 With ``--public-key`` the same app also verifies ``X-GHL-Signature`` once (Ed25519), with
-the relay's own :func:`relay.signatures.verify`.
+the relay's own :func:`relay.ingress.signatures.verify`.
 
 It runs with the relay's own server options (:func:`relay.server.start`: no access log, no
 decompression) on the relay's event loop (:func:`relay.server.run_event_loop`: uvloop), so
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from relay.app import WEBHOOK_PATH
+from relay.ingress.signatures import KeySet, Rejected, load_public_keys, verify
 from relay.server import run_event_loop, start
-from relay.signatures import KeySet, Rejected, load_public_keys, verify
 
 
 def create_app(keys: KeySet | None) -> web.Application:

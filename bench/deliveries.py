@@ -1,7 +1,7 @@
 """Pre-signed deliveries: distinct bodies, built and signed before the clock starts.
 
 Every one of the 17 HoopAI event types is equally likely; each type's body is one of its
-published samples (``relay/samples``). Each delivery gets a unique ``webhookId``, a fresh
+published samples (``relay/tools/samples``). Each delivery gets a unique ``webhookId``, a fresh
 ``timestamp``, its own object id and one of ``locations`` location ids, and is signed with
 an Ed25519 key made for this run only. The relay under test trusts the public half
 (``RELAY_PUBLIC_KEYS``).
@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.app import WEBHOOK_PATH
-from relay.routing import KNOWN_EVENT_TYPES
-from relay.samples import sample, sample_names
-from relay.sending import as_delivery, sign_ed25519
+from relay.ingress.routing import KNOWN_EVENT_TYPES
+from relay.tools.deliveries import as_delivery, sign_ed25519
+from relay.tools.samples import sample, sample_names
 
 _LENGTH_DIGITS: Final = 10
 
@@ -94,7 +94,7 @@ def templates() -> dict[str, list[dict[str, object]]]:
         found.setdefault(event_type, []).append(payload)
     missing = KNOWN_EVENT_TYPES - found.keys()
     if missing:
-        raise RuntimeError(f"relay/samples has no sample of {sorted(missing)}")
+        raise RuntimeError(f"relay/tools/samples has no sample of {sorted(missing)}")
     return found
 
 

@@ -49,10 +49,10 @@ from bench.targets import (
     start_relay,
     start_spooling_relay,
 )
-from relay.kafkaconf import client_options
-from relay.routing import all_topics, load_routes
+from relay.ingress.routing import all_topics, load_routes
+from relay.kafka.options import client_options
+from relay.kafka.topics import ensure_topics
 from relay.settings import Settings
-from relay.topics import ensure_topics
 
 sys.path.insert(0, str(REPO / "dev"))
 import localkafka  # the harness lives in dev/, outside the package

@@ -1,6 +1,6 @@
 """``python -m bench.verifycost``: one Ed25519 verify, cryptography (OpenSSL) against PyNaCl.
 
-The figures behind relay/signatures.py's choice of libsodium: the best of 5 runs of
+The figures behind relay/ingress/signatures.py's choice of libsodium: the best of 5 runs of
 3,000 verifies of a signature over a body of the benchmark's median size, on one core.
 """
 

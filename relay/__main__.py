@@ -2,4 +2,5 @@
 
 from relay.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing it (the import test) runs nothing
+    raise SystemExit(main())

@@ -1,4 +1,9 @@
-"""The application factory: settings in, a ready-to-run aiohttp application out."""
+"""The application factory: settings in, a ready-to-run aiohttp application out.
+
+Everything the application holds is set here, under the keys of ``relay/appkeys.py``, and
+every ``cleanup_ctx`` is here: the modules below take what they need as arguments, so none
+imports the keys module back (the shape of aiohttp's own ``web_app.py`` and its demos).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,19 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from relay import appkeys, drain, health, ingress, limits
-from relay.admission import Admission
-from relay.dedup import RecentIds
+from relay import appkeys
 from relay.errors import ConfigError
-from relay.health import Health
+from relay.ingress import handler, limits, probes
+from relay.ingress.admission import Admission
+from relay.ingress.dedup import RecentIds
+from relay.ingress.routing import Routes, RoutesError, all_topics, load_routes
+from relay.ingress.signatures import KeyFileError, KeySet, default_keys, load_public_keys
+from relay.kafka.direct import Direct
+from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics
-from relay.publisher import Publisher
-from relay.routing import Routes, RoutesError, all_topics, load_routes
 from relay.settings import Settings
-from relay.signatures import KeyFileError, KeySet, default_keys, load_public_keys
+from relay.spool.spooler import Spooler, bind_metrics
+from relay.spool.store import Spool
 
 WEBHOOK_PATH = "/webhooks/hoopai"
 
@@ -39,38 +47,78 @@ def load_routing(settings: Settings) -> Routes:
         raise ConfigError(f"RELAY_ROUTES_FILE={settings.routes_file}: {exc}") from None
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
-    publisher = Publisher(app[appkeys.SETTINGS], all_topics(app[appkeys.ROUTES]))
+    """The producer, connected in the background; the direct delivery unless a spool follows."""
+    settings = app[appkeys.SETTINGS]
+    publisher = Publisher(settings, all_topics(app[appkeys.ROUTES]))
     app[appkeys.PUBLISHER] = publisher
+    app[appkeys.DELIVERY] = Direct(publisher)
     # Connect in the background: the listener comes up at once and answers the retryable
     # status until Kafka is reached, rather than the pod crash-looping on a Kafka outage.
     connecting = asyncio.create_task(publisher.connect(), name="kafka-connect")
     yield
-    connecting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await connecting
+    await _stop(connecting)
     await publisher.close()
+
+
+async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the spool (replaying what is there) and run its drainer; on exit stop both."""
+    settings = app[appkeys.SETTINGS]
+    assert settings.spool_dir is not None  # noqa: S101 -- only added when it is set
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_segment_bytes)
+    bind_metrics(spool, app[appkeys.METRICS])
+    await spool.open()
+    spooler = Spooler(app[appkeys.PUBLISHER], spool, settings)
+    app[appkeys.DELIVERY] = spooler
+    draining = asyncio.create_task(spooler.drain(), name="spool-drain")
+    yield
+    await _stop(draining)
+    await spool.close()
+
+
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Ask the cluster for metadata every ``ready_check_interval_s``, for readiness."""
+    publisher = app[appkeys.PUBLISHER]
+    interval = app[appkeys.SETTINGS].ready_check_interval_s
+
+    async def loop() -> None:
+        await publisher.wait_connected()
+        while True:
+            await publisher.probe(timeout_s=interval)
+            await asyncio.sleep(interval)
+
+    probing = asyncio.create_task(loop(), name="kafka-probe")
+    yield
+    await _stop(probing)
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the relay's application; raise ConfigError for bad keys or routes."""
     app = web.Application(client_max_size=settings.max_body_bytes)
+    metrics = Metrics()
     app[appkeys.SETTINGS] = settings
     app[appkeys.KEYS] = load_keys(settings)
     app[appkeys.ROUTES] = load_routing(settings)
-    app[appkeys.METRICS] = Metrics()
+    app[appkeys.METRICS] = metrics
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
-    app[appkeys.HEALTH] = Health()
-    app[appkeys.ADMISSION] = Admission()
+    app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)
+    app[appkeys.SHUTTING_DOWN] = asyncio.Event()
     app.cleanup_ctx.append(_publisher_ctx)
     if settings.spool_dir is not None:
         # After the publisher: the drainer uses it, and stops before it closes.
-        app.cleanup_ctx.append(drain.spool_ctx)
-    app.cleanup_ctx.append(health.probe_ctx)
+        app.cleanup_ctx.append(_spool_ctx)
+    app.cleanup_ctx.append(_probe_ctx)
     # limits.expect_continue: aiohttp's default answers 500 to a non-UTF-8 Expect value.
-    app.router.add_post(WEBHOOK_PATH, ingress.receive, expect_handler=limits.expect_continue)
-    app.router.add_get("/healthz", health.healthz, expect_handler=limits.expect_continue)
-    app.router.add_get("/readyz", health.readyz, expect_handler=limits.expect_continue)
+    app.router.add_post(WEBHOOK_PATH, handler.receive, expect_handler=limits.expect_continue)
+    app.router.add_get("/healthz", probes.healthz, expect_handler=limits.expect_continue)
+    app.router.add_get("/readyz", probes.readyz, expect_handler=limits.expect_continue)
     return app
 
 

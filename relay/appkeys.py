@@ -1,25 +1,33 @@
-"""Typed keys of everything the application holds, in one place."""
+"""Typed keys of everything the application holds, in one place.
+
+Only ``relay/app.py`` (the factory) sets them. This module imports the types it names and
+nothing that imports it back: handlers import it, it never imports a handler.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from relay.admission import Admission
-from relay.dedup import RecentIds
-from relay.drain import Spooler
-from relay.health import Health
+from relay.delivery import Delivery
+from relay.ingress.admission import Admission
+from relay.ingress.dedup import RecentIds
+from relay.ingress.routing import Routes
+from relay.ingress.signatures import KeySet
+from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics
-from relay.publisher import Publisher
-from relay.routing import Routes
 from relay.settings import Settings
-from relay.signatures import KeySet
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeySet)
 ROUTES = web.AppKey("routes", Routes)
 METRICS = web.AppKey("metrics", Metrics)
 RECENT_IDS = web.AppKey("recent_ids", RecentIds)
-PUBLISHER = web.AppKey("publisher", Publisher)
-HEALTH = web.AppKey("health", Health)
-SPOOLER = web.AppKey("spooler", Spooler)
 ADMISSION = web.AppKey("admission", Admission)
+#: set by the shutdown sequence (relay/server.py): readiness answers 503 from then on
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+#: the Kafka producer; only the factory's cleanup contexts and the tests use it directly
+PUBLISHER = web.AppKey("publisher", Publisher)
+#: the one seam between HTTP and Kafka, direct or through the spool
+DELIVERY: web.AppKey[Delivery] = web.AppKey("delivery")

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from relay import __version__, checkconfig, keygen, logs, send, tail, workers
+from relay import __version__, logs, workers
 from relay.app import load_keys, load_routing
 from relay.errors import ConfigError
-from relay.samples import sample, sample_names
 from relay.server import run_event_loop, serve, tls_context
 from relay.settings import Settings
+from relay.tools import checkconfig, keygen, send, tail
+from relay.tools.samples import sample, sample_names
 
 #: exit status for bad configuration, as for a usage error
 EXIT_CONFIG = 2

@@ -100,7 +100,7 @@ class Metrics:
         )
         # process_open_fds and process_resident_memory_bytes: connection floods, memory bound.
         ProcessCollector(registry=r)
-        # The spool (RELAY_SPOOL_DIR); the gauges read the spool itself (relay/drain.py).
+        # The spool (RELAY_SPOOL_DIR); the gauges read the spool itself (relay/spool/spooler.py).
         self.spool_bytes = Gauge(
             "relay_spool_bytes",
             "Bytes of spool segments on disk.",

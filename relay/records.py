@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from relay.routing import Kind, Route
+from relay.ingress.routing import Kind, Route
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -105,13 +105,18 @@ def build_record(
     *,
     body: bytes,
     event: dict[str, object] | str,
+    ce_id: str,
     route: Route,
     scheme: str,
     signature: str,
     received_at: datetime,
     source: str,
 ) -> Record:
-    """Build the record for a verified body routed by :func:`relay.routing.route`."""
+    """Build the record for a verified body routed by :func:`relay.ingress.routing.route`.
+
+    ``ce_id`` is :func:`idempotency_key` of the same body, computed once by the caller,
+    which also needs it for the answer and the dedup window.
+    """
     if scheme not in SIGNATURE_SCHEMES:
         raise ValueError(f"unknown signature scheme: {scheme!r}")
     event_type = route.event_type
@@ -120,7 +125,7 @@ def build_record(
     ce_time = timestamp if timestamp is not None else _format_time(received_at)
     headers: list[tuple[str, bytes]] = [
         _SPECVERSION,
-        ("ce_id", _utf8(idempotency_key(event, body))),
+        ("ce_id", _utf8(ce_id)),
         ("ce_type", ce_type),
         ("ce_source", _utf8(source)),
         ("ce_time", ce_time.encode("ascii")),

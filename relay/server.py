@@ -20,9 +20,10 @@ from collections.abc import Coroutine
 
 from aiohttp import web
 
-from relay import appkeys, limits
+from relay import appkeys
 from relay.app import create_app, create_metrics_app
 from relay.errors import ConfigError
+from relay.ingress import limits
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ async def serve(settings: Settings, *, worker: bool = False) -> None:
     )
     await stop.wait()
     began = time.monotonic()
-    app[appkeys.HEALTH].shutting_down = True
+    app[appkeys.SHUTTING_DOWN].set()
     log.info(
         "shutdown: draining", extra={"event": "shutdown", "drain_delay_s": settings.drain_delay_s}
     )

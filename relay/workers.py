@@ -39,7 +39,7 @@ from relay.app import create_metrics_app
 from relay.errors import ConfigError
 from relay.server import start
 from relay.settings import Settings
-from relay.spool import SEGMENT_SUFFIX
+from relay.spool.frames import SEGMENT_SUFFIX
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.sending import as_delivery, sign_ed25519
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.kafkautil import consume_all
 from tests.relayutil import serve_env
 from tests.test_shutdown import start_serve

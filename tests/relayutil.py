@@ -13,8 +13,8 @@ from aiohttp import web
 
 from relay import appkeys, server
 from relay.app import create_metrics_app
-from relay.samples import SAMPLES
 from relay.settings import Settings
+from relay.tools.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = SAMPLES

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from aiokafka.structs import RecordMetadata
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.publisher import Publisher
+from relay.kafka.publisher import Publisher
 from relay.records import Record
 from relay.settings import Settings
 from tests.chaosutil import (

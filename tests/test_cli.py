@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay import __version__
-from relay.samples import sample_names
-from relay.signatures import load_public_keys, spki_sha256
-from relay.tail import format_record, topic_pattern
+from relay.ingress.signatures import load_public_keys, spki_sha256
+from relay.tools.samples import sample_names
+from relay.tools.tail import format_record, topic_pattern
 from tests.certs import self_signed
 from tests.kafkautil import consume
 from tests.relayutil import ROOT, RunningRelay, StartRelay
@@ -492,7 +492,7 @@ def test_check_config_default_keys_are_the_published_ones(tmp_path: Path) -> Non
     env = cli_env(RELAY_ROUTES_FILE=str(ROOT / "config" / "routes.toml"))
     out = relay_cli("check-config", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
-    shipped = load_public_keys(sorted((ROOT / "relay" / "keys").glob("*.pem")))
+    shipped = load_public_keys(sorted((ROOT / "relay" / "ingress" / "keys").glob("*.pem")))
     pins = [spki_sha256(key) for key in shipped.ed25519] + [spki_sha256(k) for k in shipped.rsa]
     assert len(pins) == 2
     for pin in pins:

@@ -11,8 +11,8 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.consumer import EffectStore, consume_batch
-from relay.sending import as_delivery, sign_ed25519
+from relay.tools.consumer import EffectStore, consume_batch
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.kafkautil import unique_topic
 from tests.relayutil import StartRelay
 

@@ -1,4 +1,4 @@
-from relay.dedup import RecentIds
+from relay.ingress.dedup import RecentIds
 
 
 def test_remembers_up_to_capacity_and_forgets_the_oldest() -> None:

@@ -14,7 +14,7 @@ import localkafka
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay import appkeys
-from relay.sending import as_delivery, sign_ed25519
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.relayutil import RunningRelay, StartRelay
 
 

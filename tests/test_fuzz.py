@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.sending import as_delivery, sign_ed25519
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests import rawhttp, relayproc
 from tests.kafkautil import consume_all, unique_topic
 from tests.relayproc import ServeProcess

@@ -31,11 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.app import WEBHOOK_PATH, load_keys, load_routing
 from relay.errors import PublishError
+from relay.ingress.signatures import Reason
 from relay.metrics import Outcome
-from relay.sending import as_delivery, sign_ed25519
 from relay.settings import SECRET_SETTINGS, Settings
-from relay.signatures import Reason
-from relay.spool import MAGIC, segment_name
+from relay.spool.frames import MAGIC, segment_name
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.relayutil import ROOT, StartRelay, scrape
 
 CHART = ROOT / "helm" / "hoopai-relay"
@@ -80,7 +80,7 @@ DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
 METRIC = re.compile(r"\b(relay_[a-z0-9_]+)(\{[^}]*\})?")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-PEM = (ROOT / "relay" / "keys" / "highlevel-ed25519.pem").read_text(encoding="utf-8")
+PEM = (ROOT / "relay" / "ingress" / "keys" / "highlevel-ed25519.pem").read_text(encoding="utf-8")
 
 Obj = dict[str, Any]
 

@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay import appkeys
-from relay.limits import LINGER_S
-from relay.sending import as_delivery, sign_ed25519
+from relay.ingress.limits import LINGER_S
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests import rawhttp
 from tests.kafkautil import consume, consume_all
 from tests.rawhttp import Reply

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from relay import appkeys
-from relay.sending import as_delivery, sign_ed25519, sign_rsa
+from relay.tools.deliveries import as_delivery, sign_ed25519, sign_rsa
 from tests.kafkautil import consume, describe_partitions
 from tests.relayutil import PAYLOADS, RunningRelay, StartRelay
 

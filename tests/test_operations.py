@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import appkeys
+from relay.ingress.routing import KNOWN_EVENT_TYPES
+from relay.ingress.signatures import Reason
 from relay.metrics import Outcome
-from relay.routing import KNOWN_EVENT_TYPES
-from relay.sending import as_delivery, sign_ed25519
-from relay.signatures import Reason
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.certs import self_signed
 from tests.relayutil import RunningRelay, StartRelay, scrape
 from tests.test_faults import stalled
@@ -67,7 +67,7 @@ async def test_readiness_follows_the_cluster_and_shutdown(
         body = await wait_ready_status(http, relay, 503)
         assert body["problems"] == ["kafka: cluster unreachable"]
     await wait_ready_status(http, relay, 200)
-    relay.app[appkeys.HEALTH].shutting_down = True
+    relay.app[appkeys.SHUTTING_DOWN].set()
     assert (await wait_ready_status(http, relay, 503))["problems"] == ["shutting down"]
 
 

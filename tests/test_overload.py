@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.sending import as_delivery, sign_ed25519
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests import rawhttp, relayproc
 from tests.kafkautil import consume_all, unique_topic
 from tests.relayproc import ServeProcess

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.ingress.routing import Kind, Routes, load_routes, parse_event, route
 from relay.records import DEFAULT_SOURCE, Record, build_record, idempotency_key, partition_key
-from relay.routing import Kind, Routes, load_routes, parse_event, route
-from relay.samples import SAMPLES
+from relay.tools.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES_TOML = ROOT / "config" / "routes.toml"
@@ -48,6 +48,7 @@ def record_for(
     return build_record(
         body=body,
         event=event,
+        ce_id=idempotency_key(event, body),
         route=route(event, routes),
         scheme=scheme,
         signature=signature,
@@ -292,6 +293,7 @@ def test_build_record_never_raises(routes: Routes, body: bytes, signature: str) 
     record = build_record(
         body=body,
         event=event,
+        ce_id=idempotency_key(event, body),
         route=got,
         scheme="ed25519",
         signature=signature,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.routing import (
+from relay.ingress.routing import (
     INVOICE_EVENT_TYPE,
     KNOWN_EVENT_TYPES,
     NOT_JSON,
@@ -21,14 +21,14 @@ from relay.routing import (
     parse_event,
     route,
 )
-from relay.samples import SAMPLES
+from relay.tools.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES_TOML = ROOT / "config" / "routes.toml"
 PAYLOADS = SAMPLES
 PREFIX = "hoopai"
 
-# Every published example (relay/samples/, copied unchanged), with what routing really does
+# Every published example (relay/tools/samples/, copied unchanged), with what routing really does
 # with it: (file, topic, event_type). The published AppointmentUpdate/Delete examples say
 # "AppointmentCreate" and the InboundMessage Call example says "OutboundMessage": they still
 # land in the right family, under the (wrong) type they carry.
@@ -87,7 +87,7 @@ def route_obj(obj: object, routes: Routes) -> Route:
 
 
 def test_published_table_covers_every_payload_file() -> None:
-    """Every file in relay/samples/ has an expected route above, and vice versa."""
+    """Every file in relay/tools/samples/ has an expected route above, and vice versa."""
     assert sorted(p.name for p in PAYLOADS.glob("*.json")) == sorted(f for f, _, _ in PUBLISHED)
 
 

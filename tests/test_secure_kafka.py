@@ -12,9 +12,9 @@ import localkafka
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.kafkaconf import client_options
-from relay.sending import as_delivery, sign_ed25519
+from relay.kafka.options import client_options
 from relay.settings import Settings
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.certs import self_signed
 from tests.kafkautil import first_record
 from tests.relayutil import RunningRelay, StartRelay

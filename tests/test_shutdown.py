@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.sending import as_delivery, sign_ed25519
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.kafkautil import consume_all, unique_topic
 from tests.relayutil import serve_env
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.signatures import (
+from relay.ingress.signatures import (
     KeyFileError,
     KeySet,
     Reason,
@@ -415,7 +415,8 @@ def test_load_public_keys_garbage(tmp_path: Path) -> None:
 
 def test_load_public_keys_mistyped_key(tmp_path: Path) -> None:
     """The community copy with the `DVF8` typo still parses but fails the pin."""
-    text = (Path(__file__).parents[1] / "relay" / "keys" / "highlevel-rsa.pem").read_text()
+    keys = Path(__file__).parents[1] / "relay" / "ingress" / "keys"
+    text = (keys / "highlevel-rsa.pem").read_text()
     typo = tmp_path / "typo.pem"
     typo.write_text(text.replace("DVfB", "DVF8"))
     (key,) = load_public_keys([typo]).rsa

@@ -11,12 +11,10 @@ from hypothesis import strategies as st
 
 from relay.errors import ConfigError, SpoolFull
 from relay.records import Record
-from relay.spool import (
+from relay.spool.frames import (
     HEADER_SIZE,
     Check,
     Entry,
-    Spool,
-    check_dir,
     decode_payload,
     encode_frame,
     encode_payload,
@@ -24,6 +22,7 @@ from relay.spool import (
     scan,
     segment_name,
 )
+from relay.spool.store import Spool, check_dir
 
 names = st.text(st.characters(codec="utf-8"), max_size=40)
 records = st.builds(

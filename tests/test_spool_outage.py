@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay import appkeys
 from relay.records import Record
-from relay.sending import as_delivery, sign_ed25519
-from relay.spool import Entry, encode_frame, segment_name
+from relay.spool.frames import Entry, encode_frame, segment_name
+from relay.spool.spooler import Spooler
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.kafkautil import consume, consume_all, unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay, scrape
 
@@ -70,11 +71,18 @@ def ce_ids_by_key(records: list[Any]) -> dict[str, list[str]]:
     return out
 
 
+def spooler(relay: RunningRelay) -> Spooler:
+    """The relay's delivery, which is the spooling one (``spool_dir`` is set)."""
+    delivery = relay.app[appkeys.DELIVERY]
+    assert isinstance(delivery, Spooler)
+    return delivery
+
+
 async def wait_drained(relay: RunningRelay, timeout_s: float = 120) -> None:
     """Wait until the relay's spool is empty and it publishes directly again."""
-    spooler = relay.app[appkeys.SPOOLER]
+    spooling = spooler(relay)
     async with asyncio.timeout(timeout_s):
-        while not spooler.spool.empty or spooler.spooling:
+        while not spooling.spool.empty or spooling.spooling:
             await asyncio.sleep(0.2)
 
 
@@ -136,7 +144,7 @@ async def test_outage_under_load_answers_only_2xx_and_loses_nothing(
         await asyncio.sleep(2)
         with broker_down(kafka_outage):
             await asyncio.sleep(OUTAGE_S)
-            spool_during = relay.app[appkeys.SPOOLER].status()
+            spool_during = spooler(relay).status()
             async with http.get(f"{relay.url}/readyz") as response:
                 ready = response.status, await response.json()
         await asyncio.sleep(3)

@@ -19,9 +19,9 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.sending import as_delivery, sign_ed25519
 from relay.settings import Settings
-from relay.spool import SEGMENT_SUFFIX
+from relay.spool.frames import SEGMENT_SUFFIX
+from relay.tools.deliveries import as_delivery, sign_ed25519
 from relay.workers import stranded_spools, worker_env
 from tests.kafkautil import consume_all, unique_topic
 from tests.relayutil import serve_env

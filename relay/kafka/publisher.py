@@ -1,7 +1,8 @@
-"""The Kafka side: one idempotent ``acks=all`` producer, its connection, the in-flight limit.
+"""The Kafka side: one idempotent ``acks=all`` producer, its connection, its reachability.
 
 The relay answers 2xx only for a record :meth:`Publisher.publish` returned from, that is,
-one the brokers acknowledged. Every other way out is a :class:`~relay.errors.PublishError`
+one the brokers acknowledged. The in-flight limit is the handler's (relay/ingress/admission.py),
+counted once for the whole request. Every other way out is a :class:`~relay.errors.PublishError`
 that the handler turns into a retryable status. A record whose wait was abandoned (the
 deadline passed) may still be delivered later: the sender retries it with the same
 ``ce_id``, and consumers dedup, so that is a duplicate, never a loss.
@@ -24,11 +25,12 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import RecordMetadata
 
-from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed
-from relay.kafkaconf import client_options
+from relay.delivery import Acked
+from relay.errors import AckTimeout, NotConnected, ProduceFailed
+from relay.kafka.options import client_options
+from relay.kafka.topics import ensure_topics
 from relay.records import Record
 from relay.settings import Settings
-from relay.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ class Publisher:
         self._topics = topics
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
-        self._in_flight = 0
+        #: the last probe's answer (see :meth:`probe`)
+        self.reachable = False
         self._replacing: asyncio.Task[None] | None = None
 
     @property
@@ -63,10 +66,13 @@ class Publisher:
         """Return once the producer has started."""
         await self._started.wait()
 
-    @property
-    def in_flight(self) -> int:
-        """Records handed to the producer and not yet acknowledged or abandoned."""
-        return self._in_flight
+    def problems(self) -> tuple[str, ...]:
+        """Why Kafka cannot take records now, in words (``/readyz``); empty when it can."""
+        if not self.connected:
+            return ("kafka: producer not started",)
+        if not self.reachable:
+            return ("kafka: cluster unreachable",)
+        return ()
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
@@ -110,7 +116,18 @@ class Publisher:
             log.info("kafka producer started")
             return
 
-    async def probe(self, timeout_s: float) -> bool:
+    async def probe(self, timeout_s: float) -> None:
+        """Ask the brokers for metadata; record in :attr:`reachable` whether one answered."""
+        reachable = await self._ask_brokers(timeout_s)
+        if reachable != self.reachable:
+            log.log(
+                logging.INFO if reachable else logging.WARNING,
+                "kafka reachable" if reachable else "kafka unreachable",
+                extra={"event": "kafka_reachability", "reachable": reachable},
+            )
+        self.reachable = reachable
+
+    async def _ask_brokers(self, timeout_s: float) -> bool:
         """Whether some broker answers a metadata request within ``timeout_s``."""
         producer = self._producer
         if producer is None:
@@ -168,14 +185,11 @@ class Publisher:
             await self._producer.stop()
             self._producer = None
 
-    async def publish(self, record: Record, deadline: float) -> RecordMetadata:
+    async def publish(self, record: Record, deadline: float) -> Acked:
         """Send ``record`` and wait for its ack until ``deadline`` (event-loop time)."""
         producer = self._producer
         if producer is None:
             raise NotConnected("the producer has not reached the cluster yet")
-        if self._in_flight >= self._settings.max_in_flight:
-            raise Overloaded(f"{self._in_flight} records already waiting for Kafka")
-        self._in_flight += 1
         try:
             async with asyncio.timeout_at(deadline):
                 delivery = await producer.send(
@@ -183,20 +197,18 @@ class Publisher:
                 )
                 self._watch(producer, delivery)
                 metadata: RecordMetadata = await delivery
-                return metadata
+                return Acked(metadata.topic, metadata.partition, metadata.offset)
         except (TimeoutError, KafkaTimeoutError):
             raise AckTimeout("no ack before the deadline") from None
         except KafkaError as exc:
             raise ProduceFailed(
                 str(exc), kafka_error=type(exc).__name__, retriable=exc.retriable
             ) from exc
-        finally:
-            self._in_flight -= 1
 
     async def send(self, record: Record) -> asyncio.Future[RecordMetadata]:
         """Hand ``record`` to the producer; the future resolves with its ack (the drainer).
 
-        No deadline and no in-flight limit: the drainer pipelines a bounded batch and waits
+        No deadline: the drainer pipelines a bounded batch and waits
         for every ack of it; the producer's request timeout bounds each wait.
         """
         producer = self._producer

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from relay.signatures import spki_sha256
+from relay.ingress.signatures import spki_sha256
 
 DEFAULT_DIR: Final = Path(".dev-keys")
 #: HighLevel's legacy key is RSA-4096; the dev key has the same size and signature length.

@@ -1,4 +1,4 @@
-"""With the spool on: direct while it is empty, else through it, and one drainer.
+"""The delivery with the spool on: direct while it is empty, else through it; one drainer.
 
 Kafka cannot take a record in time: spool it, answer 2xx, drain the spool in order later.
 
@@ -6,7 +6,7 @@ Two modes, switched only here:
 
 - *direct*: the spool is empty; a record is published as without the spool, but waits at
   most ``spool_after_ms`` for its ack. If Kafka cannot take it (not connected, no ack in
-  time, the in-flight limit, a retriable produce error), the record is appended to the spool
+  time, a retriable produce error), the record is appended to the spool
   and the request answered 2xx once it is fsynced. That switches to:
 - *spooling*: every new record is appended behind the ones already spooled, so that one
   location's events reach Kafka in the order they were answered. One drainer task replays
@@ -21,21 +21,19 @@ same ``ce_id`` (consumers dedup), never losses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Final
 
-from aiohttp import web
 from aiokafka.structs import RecordMetadata
 
-from relay import appkeys
-from relay.errors import AckTimeout, NotConnected, Overloaded, ProduceFailed, PublishError
+from relay.delivery import Readiness, Receipt, Spooled
+from relay.errors import AckTimeout, NotConnected, ProduceFailed, PublishError
+from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics
-from relay.publisher import Publisher
 from relay.records import Record
 from relay.settings import Settings
-from relay.spool import Batch, Spool, is_skipped
+from relay.spool.frames import is_skipped
+from relay.spool.store import Batch, Spool
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,10 @@ _BATCH_TIMEOUT_S: Final = 60.0
 
 
 class Spooler:
-    """The front of the publisher when ``spool_dir`` is set (see the module docstring)."""
+    """The :class:`~relay.delivery.Delivery` when ``spool_dir`` is set (see the module docstring).
+
+    Made once the spool is open: a spool left by a previous run is drained first.
+    """
 
     def __init__(self, publisher: Publisher, spool: Spool, settings: Settings) -> None:
         self.publisher = publisher
@@ -62,6 +63,20 @@ class Spooler:
         """Whether new records go through the spool."""
         return self._spooling
 
+    def readiness(self) -> Readiness:
+        """Kafka's problems do not make the pod unready while the spool accepts.
+
+        The pod still answers 2xx for what it takes: ``degraded`` with the problems and the
+        spool's state, and ``unavailable`` only once the spool is full (or cannot be written).
+        """
+        problems = self.publisher.problems()
+        detail = {"spool": self.status()}
+        if not self.spool.accepting:
+            return Readiness("unavailable", (*problems, "spool: full or not writable"), detail)
+        if problems or self._spooling:
+            return Readiness("degraded", problems, detail)
+        return Readiness("ready", (), detail)
+
     def status(self) -> dict[str, object]:
         """The spool's state, for readiness."""
         return {
@@ -73,8 +88,8 @@ class Spooler:
             "accepting": self.spool.accepting,
         }
 
-    async def deliver(self, record: Record, deadline: float) -> RecordMetadata | None:
-        """Kafka's ack (direct), or None once the record is fsynced in the spool.
+    async def deliver(self, record: Record, deadline: float) -> Receipt:
+        """Kafka's ack (direct), or :class:`Spooled` once the record is fsynced in the spool.
 
         Raises a PublishError when neither worked: SpoolFull, SpoolError, or a produce
         error that is not transient (the spool would only replay it into the same refusal).
@@ -85,7 +100,7 @@ class Spooler:
                 return await self.publisher.publish(
                     record, min(deadline, loop.time() + self._spool_after_s)
                 )
-            except (NotConnected, AckTimeout, Overloaded) as exc:
+            except (NotConnected, AckTimeout) as exc:
                 cause: PublishError = exc
             except ProduceFailed as exc:
                 if not exc.retriable:
@@ -96,7 +111,7 @@ class Spooler:
         self._spooling = True
         self._wake.set()
         await self.spool.append(record)
-        return None
+        return Spooled()
 
     async def drain(self) -> None:
         """Replay the spool into Kafka for ever (a task; cancelled at shutdown)."""
@@ -151,23 +166,6 @@ class Spooler:
                 break
             acked += 1
         return acked
-
-
-async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the spool (replaying what is there), run the drainer; on exit stop both."""
-    settings = app[appkeys.SETTINGS]
-    assert settings.spool_dir is not None  # noqa: S101 -- only added when it is set
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_segment_bytes)
-    bind_metrics(spool, app[appkeys.METRICS])
-    await spool.open()
-    spooler = Spooler(app[appkeys.PUBLISHER], spool, settings)
-    app[appkeys.SPOOLER] = spooler
-    draining = asyncio.create_task(spooler.drain(), name="spool-drain")
-    yield
-    draining.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await draining
-    await spool.close()
 
 
 def bind_metrics(spool: Spool, metrics: Metrics) -> None:

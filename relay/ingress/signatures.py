@@ -228,10 +228,10 @@ _DEFAULT_KEY_FILES = ("highlevel-ed25519.pem", "highlevel-rsa.pem")
 
 
 def default_keys() -> KeySet:
-    """Load the HighLevel public keys shipped as package data in ``relay/keys``."""
-    folder = resources.files("relay").joinpath("keys")
+    """Load the HighLevel public keys shipped as package data in ``relay/ingress/keys``."""
+    folder = resources.files("relay.ingress").joinpath("keys")
     parsed = [
-        _parse_key(folder.joinpath(name).read_bytes(), f"relay/keys/{name}")
+        _parse_key(folder.joinpath(name).read_bytes(), f"relay/ingress/keys/{name}")
         for name in _DEFAULT_KEY_FILES
     ]
     return _key_set(parsed)

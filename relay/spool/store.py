@@ -6,22 +6,11 @@ Layout of ``RELAY_SPOOL_DIR``::
     <dir>/<seq:020d>.seg            segments, appended in order, rolled at spool_segment_bytes
     <dir>/corrupt/<seg>-<offset>.bin  bytes that failed their checksum, moved aside
 
-A segment is a run of frames::
-
-    magic "HRS1" | length u32 | crc32(length field + payload) u32 | payload
-
-and a payload is one :class:`~relay.records.Record` with the time it was spooled::
-
-    appended_at_ms u64 | topic (u16 length) | key (i32 length, -1: none) | value (u32 length)
-    | header count u16 | per header: name (u16 length), value (u32 length)
-
-All integers are big-endian. The value is the request body, byte for byte: no JSON on the
-way in or out. The format functions at the top are pure, so the property tests in
-``tests/test_spool.py`` can throw truncations and byte flips at them.
+The bytes of a segment are frames of :mod:`relay.spool.frames`.
 
 :class:`Spool` does the I/O on one event loop: appends are queued and written by one task,
 which fsyncs once per batch (group commit) before any of its appenders returns; a reader
-(the drainer, ``relay/drain.py``) takes committed records from the oldest segment and
+(the drainer, ``relay/spool/spooler.py``) takes committed records from the oldest segment and
 acknowledges them, and a segment is deleted once every record in it is acknowledged.
 """
 
@@ -29,14 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
 import fcntl
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,174 +30,25 @@ from typing import Final
 
 from relay.errors import ConfigError, SpoolError, SpoolFull
 from relay.records import Record
+from relay.spool.frames import (
+    HEADER,
+    HEADER_SIZE,
+    SEGMENT_SUFFIX,
+    SKIPPED,
+    Check,
+    Entry,
+    decode_payload,
+    encode_frame,
+    frame_at,
+    resync,
+    scan,
+    segment_name,
+)
 
 log = logging.getLogger(__name__)
 
-MAGIC: Final = b"HRS1"
-_HEADER: Final = struct.Struct(">4sII")
-HEADER_SIZE: Final = _HEADER.size
-#: a length field above this is damage, not a record (bodies are capped far lower)
-MAX_PAYLOAD: Final = 64 * 1024 * 1024
-SEGMENT_SUFFIX: Final = ".seg"
-_U16, _U32, _I32, _U64 = (struct.Struct(f">{c}") for c in "HIiQ")
 # Drainer reads: enough for a batch of small records, and always one whole frame.
 _READ_CHUNK: Final = 4 * 1024 * 1024
-
-
-class FrameError(ValueError):
-    """A payload that does not decode: damage that its checksum did not catch."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A spooled record and when it was spooled (Unix time in milliseconds)."""
-
-    record: Record
-    appended_at_ms: int
-
-
-# --- the format: pure functions --------------------------------------------------------------
-
-
-def encode_payload(entry: Entry) -> bytes:
-    """The payload bytes of one entry (see the module docstring)."""
-    r = entry.record
-    topic = r.topic.encode("utf-8")
-    parts = [_U64.pack(entry.appended_at_ms), _U16.pack(len(topic)), topic]
-    parts += [_I32.pack(-1)] if r.key is None else [_I32.pack(len(r.key)), r.key]
-    parts += [_U32.pack(len(r.value)), r.value, _U16.pack(len(r.headers))]
-    for name, value in r.headers:
-        raw = name.encode("utf-8")
-        parts += [_U16.pack(len(raw)), raw, _U32.pack(len(value)), value]
-    return b"".join(parts)
-
-
-class _Reader:
-    """Reads the fields of one payload in order; any overrun is a FrameError."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        """The next ``n`` bytes."""
-        if n < 0 or self.pos + n > len(self.data):
-            raise FrameError("field runs past the payload")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def num(self, fmt: struct.Struct) -> int:
-        """The next integer."""
-        value: int = fmt.unpack(self.take(fmt.size))[0]
-        return value
-
-    def text(self) -> str:
-        """A u16-prefixed UTF-8 string."""
-        try:
-            return self.take(self.num(_U16)).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise FrameError(str(exc)) from None
-
-
-def decode_payload(payload: bytes) -> Entry:
-    """The entry a payload holds; FrameError if it is not exactly one well-formed entry."""
-    reader = _Reader(payload)
-    appended = reader.num(_U64)
-    topic = reader.text()
-    key_len = reader.num(_I32)
-    key = None if key_len == -1 else reader.take(key_len)
-    value = reader.take(reader.num(_U32))
-    headers = []
-    for _ in range(reader.num(_U16)):
-        name = reader.text()
-        headers.append((name, reader.take(reader.num(_U32))))
-    if reader.pos != len(payload):
-        raise FrameError("bytes left over after the last header")
-    return Entry(Record(topic, key, value, tuple(headers)), appended)
-
-
-def encode_frame(entry: Entry) -> bytes:
-    """One frame: magic, length, checksum, payload."""
-    payload = encode_payload(entry)
-    length = _U32.pack(len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(length))
-    return MAGIC + length + _U32.pack(crc) + payload
-
-
-class Check(enum.Enum):
-    """What lies at an offset of a segment."""
-
-    OK = "ok"
-    SHORT = "short"  # a frame that runs past the end: a torn write, or a damaged length
-    BAD = "bad"  # wrong magic, checksum or payload
-
-
-def frame_at(buf: bytes, pos: int) -> tuple[Check, Entry | None, int]:
-    """Check the frame starting at ``pos``: its verdict, its entry if OK, and its end."""
-    if len(buf) - pos < HEADER_SIZE:
-        return Check.SHORT, None, len(buf)
-    magic, length, crc = _HEADER.unpack_from(buf, pos)
-    if magic != MAGIC or length > MAX_PAYLOAD:
-        return Check.BAD, None, pos + 1
-    end = pos + HEADER_SIZE + length
-    if end > len(buf):
-        return Check.SHORT, None, len(buf)
-    payload = bytes(buf[pos + HEADER_SIZE : end])
-    if zlib.crc32(payload, zlib.crc32(_U32.pack(length))) != crc:
-        return Check.BAD, None, pos + 1
-    try:
-        return Check.OK, decode_payload(payload), end
-    except FrameError:
-        return Check.BAD, None, pos + 1
-
-
-def resync(buf: bytes, pos: int) -> int | None:
-    """The offset of the first verified frame after ``pos``, or None."""
-    q = buf.find(MAGIC, pos + 1)
-    while q != -1:
-        if frame_at(buf, q)[0] is Check.OK:
-            return q
-        q = buf.find(MAGIC, q + 1)
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """What a segment's bytes hold."""
-
-    #: (start, end, entry) of each verified frame, in order
-    frames: list[tuple[int, int, Entry]]
-    #: (start, end) of damaged spans followed by a verified frame
-    corrupt: list[tuple[int, int]]
-    #: where an unverifiable tail starts (a torn write), or None if the bytes end cleanly
-    torn_at: int | None
-
-
-def scan(buf: bytes) -> Scan:
-    """Split a segment's bytes into verified frames, damaged spans and a torn tail."""
-    frames: list[tuple[int, int, Entry]] = []
-    corrupt: list[tuple[int, int]] = []
-    pos = 0
-    while pos < len(buf):
-        check, entry, end = frame_at(buf, pos)
-        if check is Check.OK and entry is not None:
-            frames.append((pos, end, entry))
-            pos = end
-            continue
-        found = resync(buf, pos)
-        if found is None:
-            return Scan(frames, corrupt, pos)
-        corrupt.append((pos, found))
-        pos = found
-    return Scan(frames, corrupt, None)
-
-
-def segment_name(seq: int) -> str:
-    """The file name of segment ``seq``."""
-    return f"{seq:020d}{SEGMENT_SUFFIX}"
-
-
-# --- the storage -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -568,7 +405,7 @@ class Spool:
                     if items:
                         break  # the next frame is past this chunk: the next read gets it
                     # One frame larger than the chunk: read exactly it.
-                    _, length, _ = _HEADER.unpack_from(buf, 0)
+                    _, length, _ = HEADER.unpack_from(buf, 0)
                     src.seek(offset)
                     buf = src.read(min(HEADER_SIZE + length, segment.size - offset))
                     limit = offset + len(buf)
@@ -581,7 +418,7 @@ class Spool:
                 self._move_aside(segment.path, offset + pos, rest[:skip])
                 self._records -= 1  # at least one record lost to the damage
                 segment.records -= 1
-                items.append((offset + pos + skip, _SKIPPED))
+                items.append((offset + pos + skip, SKIPPED))
                 break
         return Batch(segment.seq, items)
 
@@ -589,13 +426,13 @@ class Spool:
         """Kafka acknowledged the first ``count`` records of ``batch``: move past them."""
         if count <= 0 or not self._segments or self._segments[0].seq != batch.seq:
             return
-        acked = [e for _, e in batch.items[:count] if e is not _SKIPPED]
+        acked = [e for _, e in batch.items[:count] if e is not SKIPPED]
         self._cursor = batch.items[count - 1][0]
         self._records -= len(acked)
         self._segments[0].records -= len(acked)
         self.counters.add("drained", len(acked))
         rest = batch.items[count:]
-        if rest and rest[0][1] is not _SKIPPED:
+        if rest and rest[0][1] is not SKIPPED:
             self._oldest_ms = rest[0][1].appended_at_ms
         async with self._io:
             segment = self._segments[0]
@@ -611,7 +448,7 @@ class Spool:
                 self._drop_first()
         if self._segments and self._records:
             first = await self.read(1)
-            if first is not None and first.items and first.items[0][1] is not _SKIPPED:
+            if first is not None and first.items and first.items[0][1] is not SKIPPED:
                 self._oldest_ms = first.items[0][1].appended_at_ms
 
     def _drop_first(self) -> None:
@@ -620,12 +457,3 @@ class Spool:
         segment.path.unlink(missing_ok=True)
         self._cursor = 0
         self._full = False
-
-
-#: stands for a damaged record the reader skipped: acknowledged without sending
-_SKIPPED: Final = Entry(Record("", None, b"", ()), 0)
-
-
-def is_skipped(entry: Entry) -> bool:
-    """Whether ``entry`` stands for damage the reader skipped (nothing to send)."""
-    return entry is _SKIPPED

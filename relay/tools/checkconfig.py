@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from relay.routing import Routes, all_topics
+from relay.ingress.routing import Routes, all_topics
+from relay.ingress.signatures import KeySet, spki_sha256
 from relay.settings import Settings
-from relay.signatures import KeySet, spki_sha256
-from relay.spool import check_dir
+from relay.spool.store import check_dir
 
 
 def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
@@ -14,7 +14,7 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
     if settings.public_keys:
         source = "RELAY_PUBLIC_KEYS=" + ",".join(str(path) for path in settings.public_keys)
     else:
-        source = "the published HighLevel keys (relay/keys)"
+        source = "the published HighLevel keys (relay/ingress/keys)"
     legacy = "accepted" if settings.accept_legacy_rsa else "refused (RELAY_ACCEPT_LEGACY_RSA)"
     security = settings.kafka_security_protocol
     if security.startswith("SASL"):

@@ -17,10 +17,9 @@ from typing import Any, Final, TextIO
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from relay.consumer import header
-from relay.kafkaconf import client_options
-from relay.send import one_line
+from relay.kafka.options import client_options
 from relay.settings import Settings
+from relay.tools.show import header, one_line
 
 #: how soon a topic created after the start is noticed (aiokafka's default is 5 minutes)
 METADATA_MAX_AGE_MS: Final = 3000

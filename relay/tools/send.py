@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from relay.sending import as_delivery, sign_ed25519, sign_rsa
+from relay.tools.deliveries import as_delivery, sign_ed25519, sign_rsa
+from relay.tools.show import one_line
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080/webhooks/hoopai"
 DEFAULT_TYPE: Final = "ContactCreate"
@@ -104,24 +105,6 @@ def tls_option(url: str, *, cafile: Path | None, insecure: bool) -> ssl.SSLConte
         return ssl.create_default_context(cafile=str(cafile))
     except (OSError, ssl.SSLError) as exc:
         raise SendError(f"--cafile {cafile}: {exc}") from None
-
-
-#: control characters (which could break the line or drive the terminal) as escapes; tab
-#: and everything else, backslashes included, as they are: a compact JSON body stays JSON
-_ESCAPES: Final = str.maketrans(
-    {
-        **{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85) if code != 0x09},
-        0x0A: "\\n",
-        0x0D: "\\r",
-        0x2028: "\\u2028",
-        0x2029: "\\u2029",
-    }
-)
-
-
-def one_line(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped: one line."""
-    return text.translate(_ESCAPES)
 
 
 async def deliver(

@@ -20,18 +20,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from relay.tools.show import header
+
 #: what a handler does with one record, inside the dedup transaction
 Effect = Callable[[sqlite3.Connection, Any], None]
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS processed (ce_id TEXT PRIMARY KEY, topic TEXT, offset INT)"
-
-
-def header(record: Any, name: str) -> str | None:
-    """A record header as text (``ce_id``, ``ce_type``, ...), or None when absent."""
-    for key, value in record.headers:
-        if key == name:
-            return bytes(value).decode("utf-8", "replace")
-    return None
 
 
 class EffectStore:

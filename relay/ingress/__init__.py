@@ -1,0 +1,1 @@
+"""The request path: from a POST to a record ready for Kafka, and the probes."""

@@ -1,0 +1,1 @@
+"""Operator and developer tools; nothing here runs inside ``relay serve``."""
