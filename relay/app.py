@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from relay import appkeys
+from relay.delivery import Delivery
 from relay.errors import ConfigError
 from relay.ingress import handler, limits, probes
 from relay.ingress.admission import Admission
@@ -99,8 +100,12 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     await _stop(probing)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the relay's application; raise ConfigError for bad keys or routes."""
+def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Application:
+    """Build the relay's application; raise ConfigError for bad keys or routes.
+
+    ``delivery`` stands in for Kafka and the spool altogether (no producer is made): the
+    in-process tests pass one that records what it was given.
+    """
     app = web.Application(client_max_size=settings.max_body_bytes)
     metrics = Metrics()
     app[appkeys.SETTINGS] = settings
@@ -110,11 +115,14 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
     app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)
     app[appkeys.SHUTTING_DOWN] = asyncio.Event()
-    app.cleanup_ctx.append(_publisher_ctx)
-    if settings.spool_dir is not None:
-        # After the publisher: the drainer uses it, and stops before it closes.
-        app.cleanup_ctx.append(_spool_ctx)
-    app.cleanup_ctx.append(_probe_ctx)
+    if delivery is not None:
+        app[appkeys.DELIVERY] = delivery
+    else:
+        app.cleanup_ctx.append(_publisher_ctx)
+        if settings.spool_dir is not None:
+            # After the publisher: the drainer uses it, and stops before it closes.
+            app.cleanup_ctx.append(_spool_ctx)
+        app.cleanup_ctx.append(_probe_ctx)
     # limits.expect_continue: aiohttp's default answers 500 to a non-UTF-8 Expect value.
     app.router.add_post(WEBHOOK_PATH, handler.receive, expect_handler=limits.expect_continue)
     app.router.add_get("/healthz", probes.healthz, expect_handler=limits.expect_continue)

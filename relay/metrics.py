@@ -87,7 +87,7 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "relay_in_flight_requests",
-            "Requests waiting for a Kafka ack.",
+            "Requests in progress (read, verified, waiting for an ack): what max_in_flight caps.",
             multiprocess_mode="livesum",
             registry=r,
         )

@@ -10,6 +10,7 @@ never touch Java.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from relay import appkeys, server
 from relay.app import create_app
 from relay.settings import Settings
+from tests.inprocess import serve_inprocess
 from tests.kafkautil import unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
@@ -146,6 +148,22 @@ def public_key_files(
     return tuple(paths)
 
 
+def relay_settings(public_keys: tuple[Path, ...], bootstrap: str, **overrides: Any) -> Settings:
+    """A relay on 127.0.0.1:0 with the test keys and topics of its own, ``overrides`` applied."""
+    settings = Settings(
+        http_host="127.0.0.1",
+        http_port=0,
+        metrics_port=0,
+        public_keys=public_keys,
+        routes_file=ROOT / "config" / "routes.toml",
+        topic_prefix=unique_topic("relay"),
+        kafka_bootstrap_servers=tuple(bootstrap.split(",")),
+    )
+    settings = dataclasses.replace(settings, **overrides)
+    settings.validate()
+    return settings
+
+
 @pytest.fixture
 async def start_relay(
     kafka_bootstrap: str, public_key_files: tuple[Path, ...]
@@ -154,17 +172,7 @@ async def start_relay(
     runners: list[web.AppRunner] = []
 
     async def start(wait_connected: bool = True, **overrides: Any) -> RunningRelay:
-        settings = Settings(
-            http_host="127.0.0.1",
-            http_port=0,
-            metrics_port=0,
-            public_keys=public_key_files,
-            routes_file=ROOT / "config" / "routes.toml",
-            topic_prefix=unique_topic("relay"),
-            kafka_bootstrap_servers=tuple(kafka_bootstrap.split(",")),
-        )
-        settings = dataclasses.replace(settings, **overrides)
-        settings.validate()
+        settings = relay_settings(public_key_files, kafka_bootstrap, **overrides)
         app = create_app(settings)
         runner = await server.start(
             app, settings.http_host, settings.http_port, ssl_context=server.tls_context(settings)
@@ -180,6 +188,25 @@ async def start_relay(
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def start_inprocess(public_key_files: tuple[Path, ...]) -> AsyncIterator[StartRelay]:
+    """Start relays with no Kafka behind them (tests/inprocess.py): the tier without Java."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(wait_connected: bool = True, **overrides: Any) -> RunningRelay:
+            # No broker: the bootstrap address is never dialled.
+            settings = relay_settings(public_key_files, "127.0.0.1:9", **overrides)
+            return await stack.enter_async_context(serve_inprocess(settings))
+
+        yield start
+
+
+@pytest.fixture
+async def inprocess(start_inprocess: StartRelay) -> RunningRelay:
+    """An in-process relay with default behaviour, its delivery recording what it is given."""
+    return await start_inprocess()
 
 
 @pytest.fixture

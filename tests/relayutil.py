@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay import appkeys, server
 from relay.app import create_metrics_app
 from relay.settings import Settings
+from relay.tools.deliveries import sign_ed25519
 from relay.tools.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +80,20 @@ async def scrape(http: aiohttp.ClientSession, relay: RunningRelay) -> str:
             return await response.text()
     finally:
         await runner.cleanup()
+
+
+async def post(
+    http: aiohttp.ClientSession, relay: RunningRelay, body: bytes, **headers: str
+) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+    """POST a body with the given headers (underscores become dashes)."""
+    sent = {name.replace("_", "-"): value for name, value in headers.items()}
+    # BytesIO: aiohttp warns about large raw bytes bodies; the bytes sent are the same.
+    async with http.post(relay.webhook_url, data=io.BytesIO(body), headers=sent) as response:
+        return response.status, await response.json(), response
+
+
+async def post_signed(
+    http: aiohttp.ClientSession, relay: RunningRelay, key: Ed25519PrivateKey, body: bytes
+) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+    """POST a body with a valid X-GHL-Signature."""
+    return await post(http, relay, body, X_GHL_Signature=sign_ed25519(key, body))
