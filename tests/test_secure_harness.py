@@ -2,7 +2,7 @@
 
 The broker is real (dev/localkafka.py's ``secure`` cluster), its certificates made at format
 time, its OAUTHBEARER logins checked by Kafka's own validator against the JWKS of the OIDC
-stand-in (dev/securekafka.py). The refusals go through relay/kafkacheck.py, which is also
+stand-in (dev/securekafka.py). The refusals go through relay/kafka/check.py, which is also
 what names them in the relay's log.
 """
 
@@ -26,7 +26,7 @@ from aiokafka.helpers import create_ssl_context
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from relay.kafkacheck import KafkaLoginError, check_oauth, check_tls
+from relay.kafka.check import KafkaLoginError, check_oauth, check_tls
 from tests.certs import self_signed
 from tests.kafkautil import first_record, unique_topic
 
