@@ -34,8 +34,8 @@ kafka-fetch:  ## resolve the Kafka jars from Maven Central into ~/.cache (once)
 kafka-up:  ## one KRaft broker on 127.0.0.1:9092 (no-op if already up)
 	$(LOCALKAFKA) up
 
-kafka-down:  ## stop it by its recorded pid and drop its data
-	$(LOCALKAFKA) down
+kafka-down:  ## stop it by its recorded pid and drop its data (FORCE=1: another checkout's too)
+	$(LOCALKAFKA) down $(if $(FORCE),--force)
 
 kafka-cluster-up:  ## three KRaft brokers on 127.0.0.1:19092-19094, RF 3, min ISR 2
 	$(LOCALKAFKA) up --cluster cluster

@@ -10,6 +10,7 @@ Layout (``HOOPAI_KAFKA_HOME``, default ``$TMPDIR/hoopai-relay-kafka``)::
 
     <home>/<cluster>/cluster.id
     <home>/<cluster>/scram.password           the SCRAM user's password (single only), 0600
+    <home>/<cluster>/owner                    the checkout whose ``up`` started the nodes
     <home>/<cluster>/node-<id>/{server.properties,log4j2.properties,pid,server.log,stdout.log}
     <home>/<cluster>/node-<id>/data/          removed by ``down``; the logs stay
 
@@ -21,6 +22,10 @@ whose certificate names another host. Its certificates, stores and OIDC stand-in
 project's virtualenv (``cryptography``), so it is brought up by ``dev/securekafka.py``, which
 writes ``<home>/secure/pki/`` and starts the stand-in before calling :func:`up`. Here, in the
 standard library only, are its ports, its ``server.properties`` and its ``down``.
+
+The home is shared by every checkout on the machine unless each sets its own, so ``up``
+records which checkout started the nodes (``owner``), says whose broker it reuses, and
+``down`` refuses to stop another checkout's broker unless forced (:func:`stop_refusal`).
 
 Standard library only, so it runs before the project's virtualenv exists and the pytest
 fixtures can import it (``tests/conftest.py``).
@@ -49,6 +54,8 @@ from pathlib import Path
 
 DEFAULT_KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
+#: this checkout: the one that records itself as the owner of the brokers it starts
+CHECKOUT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 SCRAM_USER = "relay"
@@ -217,6 +224,31 @@ def log_path(cluster: Cluster, node: Node) -> Path:
 def scram_password_file(cluster: Cluster) -> Path:
     """Where the SCRAM user's password is kept (created when the storage is formatted)."""
     return home() / cluster.name / "scram.password"
+
+
+def owner_file(cluster: Cluster) -> Path:
+    """Where the checkout that started the cluster's nodes is recorded."""
+    return home() / cluster.name / "owner"
+
+
+def owner(cluster: Cluster) -> Path | None:
+    """The checkout that started the cluster's nodes, or None if none is recorded."""
+    try:
+        text = owner_file(cluster).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return Path(text) if text else None
+
+
+def stop_refusal(started_by: Path | None, me: Path, *, force: bool) -> str | None:
+    """Why ``down`` must not stop a broker ``started_by`` a checkout, or None if it may.
+
+    Another checkout's broker is its tests' or its ``make run``'s: stopping it would break
+    them silently. One whose checkout is gone has nobody left to stop it, so it may go.
+    """
+    if force or started_by is None or started_by == me or not started_by.exists():
+        return None
+    return f"it was started by another checkout, {started_by}: stop it there, or use --force"
 
 
 def scram_credentials(cluster: Cluster) -> tuple[str, str] | None:
@@ -621,11 +653,15 @@ def up(cluster: Cluster) -> bool:
     # Formatting and JVM start-up take seconds each: do the nodes side by side.
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         started = list(pool.map(lambda n: start_node(cluster, n), cluster.nodes))
+    if any(started) and (owner(cluster) is None or all(started)):
+        # All started here, or some restarted for a checkout that recorded nobody: ours.
+        owner_file(cluster).write_text(f"{CHECKOUT}\n")
     try:
         wait_ready(cluster)
     except KafkaHarnessError:
         if any(started):  # leave nothing half-up behind; the logs stay for the report
-            down(cluster)
+            with contextlib.suppress(KafkaHarnessError):  # another checkout's: leave it
+                down(cluster)
         raise
     return any(started)
 
@@ -678,9 +714,16 @@ def oidc_pid(cluster: Cluster) -> int | None:
     return pid if b"securekafka.py" in cmdline and str(home()).encode() in cmdline else None
 
 
-def down(cluster: Cluster) -> None:
-    """Stop every node (and the OIDC stand-in) by its recorded pid, remove the data; keep logs."""
+def down(cluster: Cluster, *, force: bool = False) -> None:
+    """Stop every node (and the OIDC stand-in) by its recorded pid, remove the data; keep logs.
+
+    Raises KafkaHarnessError, stopping nothing, when another checkout started the nodes
+    and ``force`` is not given.
+    """
     pids = [p for n in cluster.nodes if (p := _read_pid(cluster, n)) is not None]
+    refusal = stop_refusal(owner(cluster), CHECKOUT, force=force) if pids else None
+    if refusal is not None:
+        raise KafkaHarnessError(f"not stopping {cluster.name} at {cluster.bootstrap}: {refusal}")
     if (stand_in := oidc_pid(cluster)) is not None:
         pids.append(stand_in)
     for pid in pids:
@@ -696,6 +739,17 @@ def down(cluster: Cluster) -> None:
     scram_password_file(cluster).unlink(missing_ok=True)
     oidc_pid_file(cluster).unlink(missing_ok=True)
     shutil.rmtree(pki_dir(cluster), ignore_errors=True)  # a fresh CA and secrets next time
+    owner_file(cluster).unlink(missing_ok=True)
+
+
+def whose(cluster: Cluster) -> str:
+    """Who started the cluster, in words, for ``up`` and ``status``."""
+    started_by = owner(cluster)
+    if started_by is None:
+        return "started by no checkout on record"
+    if started_by == CHECKOUT:
+        return "started by this checkout"
+    return f"started by another checkout, {started_by}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -706,6 +760,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cluster", choices=sorted(CLUSTERS), default="single")
     parser.add_argument("--node", type=int, help="node id, for start and kill")
+    parser.add_argument(
+        "--force", action="store_true", help="down: stop it even if another checkout started it"
+    )
     args = parser.parse_args(argv)
     cluster = CLUSTERS[args.cluster]
     try:
@@ -714,13 +771,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(fetch())
             case "up":
                 started = up(cluster)
-                state = "started" if started else "already up"
+                state = "started" if started else f"already up ({whose(cluster)}); reusing it"
                 print(f"localkafka: {cluster.name} {state} at {cluster.bootstrap}")
                 print(f"localkafka: logs in {home() / cluster.name}/node-*/server.log")
             case "down":
-                down(cluster)
+                down(cluster, force=args.force)
                 print(f"localkafka: {cluster.name} stopped")
             case "status":
+                print(f"{cluster.name}: {whose(cluster)}")
                 for n in cluster.nodes:
                     print(f"node {n.node_id} :{n.port} pid={_read_pid(cluster, n)} "
                           f"metadata={metadata_brokers(n.port)}")  # fmt: skip

@@ -252,6 +252,7 @@ def _send(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     """``relay tail``: 0, or 1 when ``--max`` records did not all come before the timeout."""
     settings = Settings.load(os.environ)
+    logs.configure_tool("tail")
     try:
         printed = asyncio.run(
             tail.tail(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import localkafka
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -104,3 +106,55 @@ async def test_cluster_survives_killing_the_leader(kafka_cluster: localkafka.Clu
     assert await _wait_isr(bootstrap, topic, 3) == [1, 2, 3]
     got = await consume(bootstrap, topic, 20)
     assert [r.value for r in got] == [b"after-kill-%d" % i for i in range(20)]
+
+
+def test_stop_refusal_protects_another_checkouts_broker(tmp_path: Path) -> None:
+    """``down`` refuses another checkout's broker, naming it; anything else it may stop.
+
+    Its own, one nobody recorded, one whose checkout is gone, or any with ``force``.
+    """
+    me, other = tmp_path / "me", tmp_path / "other"
+    me.mkdir()
+    other.mkdir()
+    assert localkafka.stop_refusal(me, me, force=False) is None
+    assert localkafka.stop_refusal(None, me, force=False) is None
+    assert localkafka.stop_refusal(tmp_path / "deleted", me, force=False) is None
+    assert localkafka.stop_refusal(other, me, force=True) is None
+    refusal = localkafka.stop_refusal(other, me, force=False)
+    assert refusal is not None
+    assert str(other) in refusal
+    assert "--force" in refusal
+
+
+def test_up_and_down_tell_whose_broker_it_is(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``up`` says whose broker it reuses; ``down`` leaves another checkout's running.
+
+    The broker records the checkout that started it; with another one recorded, ``down``
+    exits 1 naming it and ``--force``, and the broker still answers.
+    """
+    single = localkafka.CLUSTERS["single"]
+    if kafka_bootstrap != single.bootstrap:
+        return  # a broker given by KAFKA_BOOTSTRAP_SERVERS is not ours to manage
+    owner_file = localkafka.owner_file(single)
+    recorded = owner_file.read_text()
+    if localkafka.owner(single) != localkafka.CHECKOUT:
+        pytest.skip(f"the single broker is not this checkout's: {recorded}")
+    capsys.readouterr()
+    try:
+        owner_file.write_text(f"{tmp_path}\n")  # as if another clone had started it
+        assert localkafka.main(["up"]) == 0
+        up_said = capsys.readouterr().out
+        assert f"already up (started by another checkout, {tmp_path}); reusing it" in up_said
+
+        assert localkafka.main(["down"]) == 1
+        down_said = capsys.readouterr().err
+        assert f"not stopping single at {single.bootstrap}" in down_said
+        assert str(tmp_path) in down_said
+        assert "--force" in down_said
+        assert localkafka.metadata_brokers(single.nodes[0].port) == [1]
+    finally:
+        owner_file.write_text(recorded)
+    assert localkafka.main(["up"]) == 0
+    assert "already up (started by this checkout); reusing it" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -25,6 +26,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import RecordMetadata
 
+from relay import logs
 from relay.delivery import Acked
 from relay.errors import AckTimeout, NotConnected, ProduceFailed
 from relay.kafka.options import client_options
@@ -55,6 +57,8 @@ class Publisher:
         self._started = asyncio.Event()
         #: the last probe's answer (see :meth:`probe`)
         self.reachable = False
+        #: when the cluster was found unreachable after being reached (monotonic)
+        self._unreachable_since: float | None = None
         self._replacing: asyncio.Task[None] | None = None
 
     @property
@@ -87,9 +91,15 @@ class Publisher:
         )
 
     async def connect(self) -> None:
-        """Start the producer, retrying with backoff until the cluster answers."""
+        """Start the producer, retrying with backoff until the cluster answers.
+
+        The first failure is a warning; the retries are DEBUG lines, and the start says
+        after how many attempts and seconds: one line per change, not one per retry.
+        """
         s, delay = self._settings, 0.5
+        began, attempts = time.monotonic(), 0
         while True:
+            attempts += 1
             producer = self._new_producer()
             try:
                 await producer.start()
@@ -107,25 +117,63 @@ class Publisher:
                 # Anything, not only KafkaError: this task must never end silently, or the
                 # relay would answer 429 forever with nothing in the log to say why.
                 await producer.stop()
-                log.warning("kafka not ready (%r); retrying in %.1fs", exc, delay)
+                log.log(
+                    logging.WARNING if attempts == 1 else logging.DEBUG,
+                    "kafka not ready (%r); retrying, every %.0f s at most",
+                    exc,
+                    _RECONNECT_MAX_S,
+                    extra={"event": "producer", "attempt": attempts},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_S)
                 continue
             self._producer = producer
             self._started.set()
-            log.info("kafka producer started")
+            log.info(
+                "kafka producer started",
+                extra={
+                    "event": "producer",
+                    "attempts": attempts,
+                    "seconds": round(time.monotonic() - began, 1),
+                },
+            )
             return
 
     async def probe(self, timeout_s: float) -> None:
         """Ask the brokers for metadata; record in :attr:`reachable` whether one answered."""
         reachable = await self._ask_brokers(timeout_s)
         if reachable != self.reachable:
-            log.log(
-                logging.INFO if reachable else logging.WARNING,
-                "kafka reachable" if reachable else "kafka unreachable",
-                extra={"event": "kafka_reachability", "reachable": reachable},
-            )
+            self._log_reachability(reachable)
         self.reachable = reachable
+
+    def _log_reachability(self, reachable: bool) -> None:
+        """Log a change of reachability, once.
+
+        Unreachable; reachable again, with the outage's length and how many of the client
+        library's repeated errors it did not log (relay/logs.py).
+        """
+        counted = logs.library_repeats()
+        repeats = counted.take() if counted is not None else 0
+        now = time.monotonic()
+        if not reachable:
+            self._unreachable_since = now
+            log.warning(
+                "kafka unreachable", extra={"event": "kafka_reachability", "reachable": False}
+            )
+        elif self._unreachable_since is None:
+            log.info("kafka reachable", extra={"event": "kafka_reachability", "reachable": True})
+        else:
+            outage_s = round(now - self._unreachable_since, 1)
+            self._unreachable_since = None
+            log.info(
+                f"kafka reachable again after {outage_s} s",
+                extra={
+                    "event": "kafka_reachability",
+                    "reachable": True,
+                    "outage_s": outage_s,
+                    "client_errors_not_logged": repeats,
+                },
+            )
 
     async def _ask_brokers(self, timeout_s: float) -> bool:
         """Whether some broker answers a metadata request within ``timeout_s``."""
