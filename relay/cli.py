@@ -52,18 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hoopai-relay {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_serve(
-        commands.add_parser(
-            "serve", help="run the webhook ingress (settings from RELAY_* variables)"
-        )
-    )
-    commands.add_parser(
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        # The same line in `relay --help`'s list and atop `relay NAME --help`.
+        return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+
+    _add_serve(command("serve", "run the webhook ingress (settings from RELAY_* variables)"))
+    command(
         "check-config",
-        help="load and validate the settings, keys and routes as serve does; print a summary",
+        "load and validate the settings, keys and routes as serve does; print a summary",
     ).set_defaults(run=_check_config)
-    _add_keygen(commands.add_parser("keygen", help="write a dev key pair for `relay send`"))
-    _add_send(commands.add_parser("send", help="sign and POST a sample delivery, as HoopAI does"))
-    _add_tail(commands.add_parser("tail", help="print the records of the relay's topics"))
+    _add_keygen(command("keygen", "write a dev key pair for `relay send`"))
+    _add_send(command("send", "sign and POST a sample delivery, as HoopAI does"))
+    _add_tail(command("tail", "print the records of the relay's topics"))
     return parser
 
 
@@ -89,7 +90,11 @@ def _add_keygen(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"folder of the key files (default {keygen.DEFAULT_DIR})",
     )
-    parser.add_argument("--rsa", action="store_true", help="also write an RSA-4096 pair")
+    parser.add_argument(
+        "--rsa",
+        action="store_true",
+        help="write the RSA-4096 pair (legacy scheme) beside the Ed25519 one, leaving that alone",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing key files")
     parser.set_defaults(run=_keygen)
 
@@ -165,9 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m relay``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # a usage error, as for a missing argument
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.run(args))
     except ConfigError as exc:
@@ -206,7 +211,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     """``relay keygen``: write the key pairs and say how to use them."""
     try:
-        pairs = keygen.generate(args.out, with_rsa=args.rsa, force=args.force)
+        pairs = keygen.generate(args.out, rsa_only=args.rsa, force=args.force)
     except OSError as exc:  # KeyFilesExist included
         print(f"relay keygen: {exc}", file=sys.stderr)
         return 1

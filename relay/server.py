@@ -7,16 +7,22 @@ Shutdown, on SIGTERM or SIGINT, within ``shutdown_grace_s`` (default 25 s, under
 2. requests are still served for ``drain_delay_s`` while it notices;
 3. the listener closes and in-flight requests finish (each within its ack deadline);
 4. the producer flushes what it holds, and the process exits 0.
+
+A second SIGTERM or SIGINT (Ctrl-C pressed again) stops the process at once, exit 130:
+nothing it answered 2xx for is lost (Kafka or the spool's fsync had it before the answer);
+requests still waiting get no answer, and their senders retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 from aiohttp import web
 
@@ -27,6 +33,9 @@ from relay.ingress import limits
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: exit status after a second signal, as a shell reports an interrupted command
+EXIT_INTERRUPTED = 130
 
 
 def run_event_loop(main: Coroutine[object, object, None]) -> None:
@@ -85,8 +94,40 @@ async def start(
         shutdown_timeout=shutdown_timeout,
         reuse_port=reuse_port or None,
     )
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # the app's contexts started: stop them, leave nothing running
+        raise
     return runner
+
+
+async def _start_on(
+    setting: str,
+    host: str,
+    port: int,
+    start_it: Callable[[], Coroutine[object, object, web.AppRunner]],
+) -> web.AppRunner:
+    """``start_it()``; a port another process holds is a ConfigError naming ``setting``."""
+    try:
+        return await start_it()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(
+            f"{setting}={port}: {host}:{port} is already in use by another process "
+            f"(another relay?): stop it or choose another port with {setting}"
+        ) from None
+
+
+def _on_signal(stop: asyncio.Event) -> None:
+    """The first SIGTERM/SIGINT starts the shutdown; a second one ends the process at once."""
+    if not stop.is_set():
+        stop.set()
+        return
+    log.warning("shutdown: second signal, stopping at once", extra={"event": "shutdown"})
+    logging.shutdown()  # flush the handlers: os._exit skips it
+    os._exit(EXIT_INTERRUPTED)
 
 
 async def serve(settings: Settings, *, worker: bool = False) -> None:
@@ -101,24 +142,36 @@ async def serve(settings: Settings, *, worker: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal, stop)
     # What is left of the grace after the drain delay, minus a margin for the flush.
     in_flight_timeout = max(settings.shutdown_grace_s - settings.drain_delay_s - 2.0, 1.0)
-    runner = await start(
-        app,
-        settings.http_host,
+    host = settings.http_host
+    runner = await _start_on(
+        "RELAY_HTTP_PORT",
+        host,
         settings.http_port,
-        ssl_context=context,
-        shutdown_timeout=in_flight_timeout,
-        reuse_port=worker,
+        lambda: start(
+            app,
+            host,
+            settings.http_port,
+            ssl_context=context,
+            shutdown_timeout=in_flight_timeout,
+            reuse_port=worker,
+        ),
     )
     metrics_runner = None
     if not worker:
-        metrics_runner = await start(
-            create_metrics_app(app[appkeys.METRICS].registry),
-            settings.http_host,
-            settings.metrics_port,
-        )
+        metrics_app = create_metrics_app(app[appkeys.METRICS].registry)
+        try:
+            metrics_runner = await _start_on(
+                "RELAY_METRICS_PORT",
+                host,
+                settings.metrics_port,
+                lambda: start(metrics_app, host, settings.metrics_port),
+            )
+        except BaseException:
+            await runner.cleanup()
+            raise
     log.info(
         "listening",
         extra={
@@ -132,7 +185,12 @@ async def serve(settings: Settings, *, worker: bool = False) -> None:
     began = time.monotonic()
     app[appkeys.SHUTTING_DOWN].set()
     log.info(
-        "shutdown: draining", extra={"event": "shutdown", "drain_delay_s": settings.drain_delay_s}
+        "shutdown: draining",
+        extra={
+            "event": "shutdown",
+            "drain_delay_s": settings.drain_delay_s,
+            "hint": "a second Ctrl-C (SIGINT or SIGTERM) stops at once",
+        },
     )
     await asyncio.sleep(settings.drain_delay_s)
     log.info(

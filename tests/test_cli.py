@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay import __version__
+from relay import __version__, cli
 from relay.ingress.signatures import load_public_keys, spki_sha256
 from relay.tools.samples import sample_names
 from relay.tools.tail import format_record, topic_pattern
@@ -88,11 +88,14 @@ def headers_of(record: Any) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def dev_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``relay keygen --rsa`` run once: the key folder and what the command printed."""
+    """``relay keygen`` then ``keygen --rsa``: the key folder and what they printed."""
     cwd = tmp_path_factory.mktemp("keygen")
-    out = relay_cli("keygen", "--rsa", "--out", "keys", cwd=cwd)
-    assert out.returncode == 0, out.stderr
-    return cwd / "keys", out.stdout
+    printed = ""
+    for extra in ([], ["--rsa"]):
+        out = relay_cli("keygen", *extra, "--out", "keys", cwd=cwd)
+        assert out.returncode == 0, out.stderr
+        printed += out.stdout
+    return cwd / "keys", printed
 
 
 def test_version_from_python_m() -> None:
@@ -110,6 +113,54 @@ def test_help_lists_serve() -> None:
     )
     for command in ("serve", "check-config", "keygen", "send", "tail"):
         assert command in out.stdout
+
+
+def test_bare_relay_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """``relay`` without a command is a usage error: the help on stderr, exit 2."""
+    assert cli.main([]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.startswith("usage: relay")
+    for command in ("serve", "check-config", "keygen", "send", "tail"):
+        assert command in printed.err
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config", "keygen", "send", "tail"])
+def test_each_command_help_says_what_it_does(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``relay COMMAND --help`` has a one-line description under its usage."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    description = capsys.readouterr().out.split("\n\n")[1]
+    assert "\n" not in description.strip()
+    assert len(description.split()) >= 4, description
+
+
+def test_second_relay_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    """A port another process holds: one line naming the port and its setting, exit 2.
+
+    Not a traceback; for the webhook port and for the metrics port.
+    """
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        for setting, other in (("RELAY_HTTP_PORT", "RELAY_METRICS_PORT"),
+                               ("RELAY_METRICS_PORT", "RELAY_HTTP_PORT")):  # fmt: skip
+            env = cli_env(
+                RELAY_HTTP_HOST="127.0.0.1",
+                RELAY_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",  # not needed to fail
+                RELAY_ROUTES_FILE=str(ROOT / "config" / "routes.toml"),
+                **{setting: str(busy), other: "0"},
+            )
+            out = relay_cli("serve", cwd=tmp_path, env=env)
+            assert out.returncode == 2, (out.stdout, out.stderr)
+            assert len(out.stderr.splitlines()) == 1, out.stderr
+            assert out.stderr.startswith(f"relay: configuration error: {setting}={busy}: ")
+            assert f"127.0.0.1:{busy} is already in use" in out.stderr
+            assert "Traceback" not in out.stdout + out.stderr
 
 
 def test_bad_setting_exits_2_naming_it() -> None:
@@ -173,6 +224,29 @@ def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert forced.returncode == 0, forced.stderr
     assert private.read_bytes() != before
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_keygen_rsa_adds_the_rsa_pair_and_leaves_ed25519_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keygen --rsa`` (even with ``--force``) writes the RSA pair only, never Ed25519.
+
+    A demo relay trusting the Ed25519 key goes on accepting its deliveries; the command
+    says to trust both public keys.
+    """
+    folder = tmp_path / "keys"
+    assert cli.main(["keygen", "--out", str(folder)]) == 0
+    ed25519 = {name: (folder / name).read_bytes() for name in ("ed25519.key", "ed25519.pem")}
+    for extra in ([], ["--force"]):
+        capsys.readouterr()
+        assert cli.main(["keygen", "--rsa", *extra, "--out", str(folder)]) == 0
+        printed = capsys.readouterr().out
+        assert {name: (folder / name).read_bytes() for name in ed25519} == ed25519
+        assert (folder / "rsa.key").is_file()
+        assert (folder / "rsa.pem").is_file()
+        assert "ed25519 private key" not in printed
+        trust = f"RELAY_PUBLIC_KEYS={folder}/ed25519.pem,{folder}/rsa.pem"
+        assert f"{trust} RELAY_ACCEPT_LEGACY_RSA=true" in printed
 
 
 # --- send -----------------------------------------------------------------------------

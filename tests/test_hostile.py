@@ -394,3 +394,19 @@ async def test_wrong_method_and_path(http: aiohttp.ClientSession, relay: Running
         assert response.status == 404
     async with http.get(f"{relay.url}/healthz") as response:
         assert response.status == 200
+
+
+async def test_oversize_content_length_gets_413_without_100_continue(
+    start_inprocess: StartRelay,
+) -> None:
+    """``Expect: 100-continue`` with a Content-Length over the cap: 413 first, no go-ahead.
+
+    curl waits for ``100 Continue`` before its body; sending it for a body the relay
+    refuses unread only made the client start uploading what gets a 413.
+    """
+    relay = await start_inprocess(max_body_bytes=1000)
+    head = rawhttp.request(None, [(b"Expect", b"100-continue")], content_length=1001, close=False)
+    reply = await rawhttp.exchange(port_of(relay), [head], wait=SLACK_S)
+    assert reply.status == 413, reply
+    assert reply.closed
+    assert outcomes(relay, "too_large") == 1

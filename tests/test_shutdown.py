@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.kafkautil import consume_all, unique_topic
-from tests.relayutil import serve_env
+from tests.relayutil import ROOT, serve_env
 
 DELIVERIES = 400
 WORKERS = 16
@@ -124,3 +126,37 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
     ]
     assert MARKER not in log
     assert not any(sig in log for sig in signatures)
+
+
+async def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    """Ctrl-C drains (``drain_delay_s``, here 30 s); Ctrl-C again ends it at once, exit 130."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "RELAY_HTTP_HOST": "127.0.0.1",
+        "RELAY_HTTP_PORT": "0",
+        "RELAY_METRICS_PORT": "0",
+        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # not needed to shut down
+        "RELAY_DRAIN_DELAY_S": "30",
+        "RELAY_SHUTDOWN_GRACE_S": "40",
+    }
+    proc, _ = await start_serve(env, tmp_path)
+    assert proc.stdout is not None
+    try:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            while b"shutdown: draining" not in await proc.stdout.readline():
+                pass
+        second = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(5):
+            returncode = await proc.wait()
+        took = time.monotonic() - second
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert returncode == 130
+    assert took < 5
+    rest = [json.loads(line) for line in (await proc.stdout.read()).splitlines() if line]
+    assert [line["message"] for line in rest] == ["shutdown: second signal, stopping at once"]

@@ -35,13 +35,20 @@ async def expect_continue(request: web.Request) -> None:
     """``Expect: 100-continue`` as aiohttp does; any other value 417, without echoing it.
 
     aiohttp's own handler echoes the value into its 417 text and answers 500 when that
-    value is not UTF-8 (found by tests/test_fuzz.py).
+    value is not UTF-8 (found by tests/test_fuzz.py). A declared ``Content-Length`` over
+    ``max_body_bytes`` gets no ``100 Continue``: the handler's 413 is the first answer.
     """
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11:
         return
     if expect.lower() != "100-continue":
         raise web.HTTPExpectationFailed(text="unsupported Expect")
+    settings = request.app.get(appkeys.SETTINGS)
+    declared = request.content_length
+    if settings is not None and declared is not None and declared > settings.max_body_bytes:
+        # No "go ahead" for a body the handler refuses unread: it answers 413 at once, and
+        # the client never starts sending it.
+        return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer proper has not started yet
 

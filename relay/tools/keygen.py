@@ -40,17 +40,22 @@ class KeyFilesExist(FileExistsError):
     """A key file is already there and ``force`` was not given."""
 
 
-def key_paths(folder: Path, *, with_rsa: bool) -> list[tuple[str, Path, Path]]:
-    """(scheme, private key path, public key path) of each pair ``keygen`` writes."""
-    pairs = [("ed25519", folder / "ed25519.key", folder / "ed25519.pem")]
-    if with_rsa:
-        pairs.append(("rsa", folder / "rsa.key", folder / "rsa.pem"))
-    return pairs
+def key_paths(folder: Path, *, rsa_only: bool) -> list[tuple[str, Path, Path]]:
+    """(scheme, private key path, public key path) of the pair ``keygen`` writes.
+
+    ``--rsa`` adds the RSA pair beside an Ed25519 one and leaves that alone: replacing it
+    would make a relay started with the old public key answer 401 to every delivery.
+    """
+    scheme = "rsa" if rsa_only else "ed25519"
+    return [(scheme, folder / f"{scheme}.key", folder / f"{scheme}.pem")]
 
 
-def generate(folder: Path, *, with_rsa: bool = False, force: bool = False) -> list[KeyPair]:
-    """Write an Ed25519 pair (and an RSA-4096 pair) into ``folder``; refuse to overwrite."""
-    pairs = key_paths(folder, with_rsa=with_rsa)
+def generate(folder: Path, *, rsa_only: bool = False, force: bool = False) -> list[KeyPair]:
+    """Write an Ed25519 pair (or, ``rsa_only``, an RSA-4096 pair) into ``folder``.
+
+    Refuses to overwrite a key file unless ``force``.
+    """
+    pairs = key_paths(folder, rsa_only=rsa_only)
     if not force:
         existing = [str(p) for _, *paths in pairs for p in paths if p.exists()]
         if existing:
@@ -88,7 +93,11 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def report(pairs: Sequence[KeyPair]) -> list[str]:
-    """What ``relay keygen`` prints: the files, fingerprints and how to use them."""
+    """What ``relay keygen`` prints: the files, fingerprints and how to use them.
+
+    The relay to start trusts every public key of the folder, the pairs written before
+    included (an RSA pair added beside an Ed25519 one).
+    """
     lines = []
     for pair in pairs:
         lines += [
@@ -96,8 +105,10 @@ def report(pairs: Sequence[KeyPair]) -> list[str]:
             f"{pair.scheme} public key:  {pair.public_path}",
             f"{pair.scheme} SPKI SHA-256: {pair.fingerprint}",
         ]
-    public = ",".join(str(pair.public_path) for pair in pairs)
-    legacy = " RELAY_ACCEPT_LEGACY_RSA=true" if len(pairs) > 1 else ""
+    folders = {pair.public_path.parent for pair in pairs}
+    pems = [f / f"{s}.pem" for f in sorted(folders) for s in ("ed25519", "rsa")]
+    public = ",".join(str(pem) for pem in pems if pem.exists())
+    legacy = " RELAY_ACCEPT_LEGACY_RSA=true" if any(p.scheme == "rsa" for p in pairs) else ""
     lines += [
         "",
         "Start the relay with these keys instead of HighLevel's:",
