@@ -15,7 +15,7 @@ export KAFKA_VERSION HELM
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
         kafka-secure-up kafka-secure-down \
-        kafka-logs helm lint lock test run bench soak chaos clean
+        kafka-logs helm lint lock test run demo demo-stop bench soak chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,12 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(BIN)/.runtime-installed $@
+
+# The project without the dev tools: enough for `make run` and `make demo`, and quicker.
+$(BIN)/.runtime-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 kafka-fetch:  ## resolve the Kafka jars from Maven Central into ~/.cache (once)
@@ -76,8 +82,16 @@ lock: venv  ## regenerate requirements.lock, the image's pinned runtime dependen
 test: venv kafka-fetch helm lint  ## lint, then every test against real brokers
 	$(BIN)/pytest
 
-run: venv kafka-up  ## the relay against the local broker
-	RELAY_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 $(BIN)/relay serve
+# On 127.0.0.1 unless RELAY_HTTP_HOST says otherwise: a dev machine's relay is for itself.
+run: $(BIN)/.runtime-installed kafka-up  ## the relay against the local broker
+	RELAY_HTTP_HOST=$${RELAY_HTTP_HOST:-127.0.0.1} \
+	RELAY_KAFKA_BOOTSTRAP_SERVERS=$$($(LOCALKAFKA) bootstrap) $(BIN)/relay serve
+
+demo: $(BIN)/.runtime-installed kafka-up  ## a dev key, Kafka, a relay in the background, every sample sent and read back
+	$(BIN)/python dev/demo.py --bootstrap $$($(LOCALKAFKA) bootstrap)
+
+demo-stop:  ## stop the relay that make demo left running (make kafka-down stops Kafka)
+	$(BIN)/python dev/demo.py stop
 
 # The benchmark (not part of `make test`); docs/benchmarks.md says how to read it.
 BENCH_ARGS ?=

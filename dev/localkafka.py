@@ -753,10 +753,10 @@ def whose(cluster: Cluster) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python dev/localkafka.py {fetch,up,down,status,logs,start,kill}``."""
+    """Command line: ``python dev/localkafka.py ACTION``, ``--help`` lists them."""
     parser = argparse.ArgumentParser(prog="localkafka", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "action", choices=["fetch", "up", "down", "status", "logs", "start", "kill"]
+        "action", choices=["fetch", "up", "down", "status", "logs", "start", "kill", "bootstrap"]
     )
     parser.add_argument("--cluster", choices=sorted(CLUSTERS), default="single")
     parser.add_argument("--node", type=int, help="node id, for start and kill")
@@ -795,6 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"password_file={scram_password_file(cluster)}{found}")  # fmt: skip
             case "logs":
                 print(logs(cluster))
+            case "bootstrap":  # for `make run`: the ports follow HOOPAI_KAFKA_PORT_OFFSET
+                print(cluster.bootstrap)
             case "start" | "kill":
                 node = cluster.node(args.node if args.node is not None else 1)
                 if args.action == "kill":

@@ -106,7 +106,8 @@ def _add_send(parser: argparse.ArgumentParser) -> None:
         "--type",
         default=send.DEFAULT_TYPE,
         metavar="NAME",
-        help=f"a published sample event (default {send.DEFAULT_TYPE}; `list` lists them)",
+        help=f"a published sample event (default {send.DEFAULT_TYPE}; `list` lists them, "
+        f"`{send.ALL_TYPES}` sends one of each)",
     )
     body.add_argument(
         "--file",
@@ -126,7 +127,11 @@ def _add_send(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="sign with the legacy RSA scheme (X-WH-Signature) instead of Ed25519",
     )
-    parser.add_argument("--url", default=send.DEFAULT_URL, help=f"default {send.DEFAULT_URL}")
+    parser.add_argument(
+        "--url",
+        help="where to POST (default: the relay of the settings, RELAY_HTTP_PORT on 127.0.0.1: "
+        f"{send.DEFAULT_URL})",
+    )
     parser.add_argument("--location", metavar="ID", help="set the body's locationId")
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument(
@@ -142,7 +147,7 @@ def _add_send(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="send N deliveries, each with its own webhookId (default 1)",
+        help="send N deliveries (of each sample with --type all), each with its own webhookId",
     )
     parser.set_defaults(run=_send)
 
@@ -223,32 +228,47 @@ def _send(args: argparse.Namespace) -> int:
     """``relay send``: 0 if every delivery was answered 2xx, 1 if not, 2 for bad arguments."""
     if args.file is not None:
         try:
-            raw = args.file.read_bytes()
+            raws = [args.file.read_bytes()]
         except OSError as exc:
             print(f"relay send: --file {args.file}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
     elif args.type == "list":
         print("\n".join(sample_names()))
         return EXIT_USAGE
+    elif args.type == send.ALL_TYPES:
+        raws = [sample(name) for name in sample_names()]
     else:
         try:
-            raw = sample(args.type)
+            raws = [sample(args.type)]
         except KeyError:
             names = "\n".join(sample_names())
             print(f"relay send: unknown --type {args.type}; one of:\n{names}", file=sys.stderr)
             return EXIT_USAGE
-    make_body, is_object = send.bodies(raw, location=args.location)
-    if not is_object:
+    made = [send.bodies(raw, location=args.location) for raw in raws]
+    if not all(is_object for _, is_object in made):
         print(f"relay send: {args.file} is not a JSON object: sent as it is", file=sys.stderr)
+    # Each body args.count times, one body after the other.
+    factories = iter([make for make, _ in made for _ in range(args.count)])
+
+    def make_body() -> bytes:
+        return next(factories)()
+
     key = args.key or keygen.DEFAULT_DIR / ("rsa.key" if args.rsa else "ed25519.key")
+    url = args.url
+    if url is None:  # the relay these settings would serve
+        settings = Settings.load(os.environ)
+        url = send.default_url(
+            settings.http_host, settings.http_port, tls=settings.tls_cert_file is not None
+        )
     try:
         signer = send.load_signer(key, legacy_rsa=args.rsa)
-        tls = send.tls_option(args.url, cafile=args.cafile, insecure=args.insecure)
+        tls = send.tls_option(url, cafile=args.cafile, insecure=args.insecure)
     except send.SendError as exc:
         print(f"relay send: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    count = args.count * len(made)
     try:
-        ok = asyncio.run(send.deliver(args.url, make_body, signer, count=args.count, tls=tls))
+        ok = asyncio.run(send.deliver(url, make_body, signer, count=count, tls=tls))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0 if ok else 1

@@ -26,6 +26,9 @@ from relay.tools.show import one_line
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080/webhooks/hoopai"
 DEFAULT_TYPE: Final = "ContactCreate"
+#: ``--type all``: one delivery of every sample
+ALL_TYPES: Final = "all"
+_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 -- compared, not bound
 #: the whole request, connect to last byte of the answer (HighLevel itself waits about 5 s)
 TIMEOUT_S: Final = 10.0
 
@@ -91,6 +94,17 @@ def bodies(raw: bytes, *, location: str | None = None) -> tuple[Bodies, bool]:
     if location is not None:
         payload["locationId"] = location
     return (lambda: as_delivery(payload)), True
+
+
+def default_url(http_host: str, http_port: int, *, tls: bool) -> str:
+    """The webhook URL of the relay these settings describe, as reached from this machine.
+
+    A relay listening on every interface is reached on 127.0.0.1.
+    """
+    host = "127.0.0.1" if http_host in _WILDCARD_HOSTS else http_host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{http_port}/webhooks/hoopai"
 
 
 def tls_option(url: str, *, cafile: Path | None, insecure: bool) -> ssl.SSLContext | bool:
