@@ -11,11 +11,17 @@ LOCALKAFKA := $(PYTHON) dev/localkafka.py
 # Helm is built once with the Go toolchain into a cache outside the repo, like the Kafka jars.
 HELM_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hoopai-relay/helm-$(HELM_VERSION)
 HELM := $(HELM_DIR)/helm
-export KAFKA_VERSION HELM
+# Prometheus and promtool, from Debian's `prometheus` package: `apt-get download` and
+# unpacked into the cache, not installed, so that its init script never starts a system
+# Prometheus (on :9090) and no root is needed (but for `apt-get update` on a fresh machine).
+PROMETHEUS_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hoopai-relay/prometheus-deb
+PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
+PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
+export KAFKA_VERSION HELM PROMETHEUS PROMTOOL
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
         kafka-secure-up kafka-secure-down \
-        kafka-logs helm lint lock test run demo demo-stop bench soak chaos clean
+        kafka-logs helm prometheus lint lock test run demo demo-stop bench soak chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,6 +69,17 @@ helm: $(HELM)  ## build the pinned Helm with Go (once, cached in ~/.cache)
 $(HELM):
 	GOBIN=$(HELM_DIR) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+prometheus: $(PROMTOOL)  ## unpack Debian's prometheus package (server and promtool) into ~/.cache (once)
+
+$(PROMTOOL):
+	rm -rf $(PROMETHEUS_DIR).tmp && mkdir -p $(PROMETHEUS_DIR).tmp
+	cd $(PROMETHEUS_DIR).tmp && { apt-get download prometheus || \
+		{ apt-get update && apt-get download prometheus; }; }
+	dpkg-deb -x $(PROMETHEUS_DIR).tmp/prometheus_*.deb $(PROMETHEUS_DIR).tmp
+	rm $(PROMETHEUS_DIR).tmp/prometheus_*.deb
+	rm -rf $(PROMETHEUS_DIR) && mv $(PROMETHEUS_DIR).tmp $(PROMETHEUS_DIR)
+	$(PROMTOOL) --version
+
 lint: venv  ## ruff, mypy, hadolint and docker compose config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -79,7 +96,7 @@ lock: venv  ## regenerate requirements.lock, the image's pinned runtime dependen
 
 # The pytest fixtures bring up the broker (and the cluster, for the tests that need it)
 # and stop only what they started: a broker you started with `make kafka-up` stays up.
-test: venv kafka-fetch helm lint  ## lint, then every test against real brokers
+test: venv kafka-fetch helm prometheus lint  ## lint, then every test against real brokers
 	$(BIN)/pytest
 
 # On 127.0.0.1 unless RELAY_HTTP_HOST says otherwise: a dev machine's relay is for itself.

@@ -188,6 +188,8 @@ def _clusters(o: int) -> dict[str, Cluster]:
             1,
             1,
         ),
+        # Stopped by the Prometheus alert tests (tests/test_prometheus.py), for the same reason.
+        "alerts": Cluster("alerts", (Node(1, 29094 + o, 29095 + o),), 1, 1),
     }
 
 

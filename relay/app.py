@@ -24,9 +24,9 @@ from relay.ingress.routing import Routes, RoutesError, all_topics, load_routes
 from relay.ingress.signatures import KeyFileError, KeySet, default_keys, load_public_keys
 from relay.kafka.direct import Direct
 from relay.kafka.publisher import Publisher
-from relay.metrics import Metrics
+from relay.metrics import Metrics, in_files
 from relay.settings import Settings
-from relay.spool.spooler import Spooler, bind_metrics
+from relay.spool.spooler import Spooler, bind_metrics, write_gauges
 from relay.spool.store import Spool
 
 WEBHOOK_PATH = "/webhooks/hoopai"
@@ -74,13 +74,17 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     assert settings.spool_dir is not None  # noqa: S101 -- only added when it is set
     spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_segment_bytes)
-    bind_metrics(spool, app[appkeys.METRICS])
+    metrics = app[appkeys.METRICS]
+    bind_metrics(spool, metrics)
     await spool.open()
     spooler = Spooler(app[appkeys.PUBLISHER], spool, settings)
     app[appkeys.DELIVERY] = spooler
-    draining = asyncio.create_task(spooler.drain(), name="spool-drain")
+    tasks = [asyncio.create_task(spooler.drain(), name="spool-drain")]
+    if in_files():
+        tasks.append(asyncio.create_task(write_gauges(spool, metrics), name="spool-gauges"))
     yield
-    await _stop(draining)
+    for task in tasks:
+        await _stop(task)
     await spool.close()
 
 
@@ -88,11 +92,15 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     """Ask the cluster for metadata every ``ready_check_interval_s``, for readiness."""
     publisher = app[appkeys.PUBLISHER]
     interval = app[appkeys.SETTINGS].ready_check_interval_s
+    # relay_kafka_reachable: an outage shows with no traffic, and with the spool on, when
+    # every answer is still a 2xx.
+    gauge = app[appkeys.METRICS].kafka_reachable
 
     async def loop() -> None:
         await publisher.wait_connected()
         while True:
             await publisher.probe(timeout_s=interval)
+            gauge.set(1 if publisher.reachable else 0)
             await asyncio.sleep(interval)
 
     probing = asyncio.create_task(loop(), name="kafka-probe")

@@ -12,10 +12,14 @@ so a hostile sender cannot create series.
 from __future__ import annotations
 
 import enum
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from relay import __version__
+
+#: the variable prometheus_client reads at import time to write its values to files
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 # From a fast loopback ack (~1 ms) to the 4 s deadline and past it.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8)
@@ -36,6 +40,15 @@ class Outcome(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     #: 2xx: fsynced in the spool (RELAY_SPOOL_DIR), to be drained into Kafka
     SPOOLED = "spooled"
+
+
+def in_files() -> bool:
+    """Whether this process writes its values to files (a worker of ``--workers N``).
+
+    Then only values set in this process reach a scrape: a gauge's ``set_function`` is
+    never called, since the supervisor reads the files, not this process's registry.
+    """
+    return bool(os.environ.get(METRICS_DIR_VARIABLE))
 
 
 class Metrics:
@@ -89,6 +102,14 @@ class Metrics:
             "relay_in_flight_requests",
             "Requests in progress (read, verified, waiting for an ack): what max_in_flight caps.",
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        # From the readiness probe (relay/health.py): an outage shows even with no traffic,
+        # and with the spool on, when every answer is still a 2xx.
+        self.kafka_reachable = Gauge(
+            "relay_kafka_reachable",
+            "1 when a broker answered the last readiness probe, else 0.",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.http_responses = Counter(

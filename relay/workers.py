@@ -37,14 +37,13 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from relay.app import create_metrics_app
 from relay.errors import ConfigError
+from relay.metrics import METRICS_DIR_VARIABLE
 from relay.server import start
 from relay.settings import Settings
 from relay.spool.frames import SEGMENT_SUFFIX
 
 log = logging.getLogger(__name__)
 
-#: the variable prometheus_client reads at import time to write its values to files
-METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: marks a worker's command line; ``relay serve`` accepts it but does not document it
 WORKER_FLAG = "--worker"
 _KILL_AFTER_S = 5.0

@@ -34,11 +34,13 @@ from tests.inprocess import serve_inprocess
 from tests.kafkautil import unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
+#: fixture -> marker; the alerts broker is stopped like the outage one, so it shares its marker
 KAFKA_FIXTURES = {
     "kafka_bootstrap": "kafka",
     "kafka_cluster": "cluster",
     "kafka_outage": "outage",
     "kafka_secure": "secure",
+    "kafka_alerts": "outage",
 }
 
 
@@ -62,6 +64,7 @@ def pytest_runtest_makereport(
             ("kafka_cluster", "cluster"),
             ("kafka_outage", "outage"),
             ("kafka_secure", "secure"),
+            ("kafka_alerts", "alerts"),
         ):
             if fixture in getattr(item, "fixturenames", ()):
                 cluster = localkafka.CLUSTERS[cluster_name]
@@ -116,6 +119,16 @@ def kafka_secure() -> Iterator[securekafka.SecureKafka]:
     yield securekafka.describe()
     if started:
         localkafka.down(securekafka.SECURE)
+
+
+@pytest.fixture(scope="session")
+def kafka_alerts() -> Iterator[localkafka.Cluster]:
+    """A one-broker cluster of its own (127.0.0.1:29094) that the Prometheus tests stop."""
+    cluster = localkafka.CLUSTERS["alerts"]
+    started = localkafka.up(cluster)
+    yield cluster
+    if started:
+        localkafka.down(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -779,6 +779,7 @@ async def test_monitoring_uses_only_what_the_relay_exports(
         "relay_kafka_produce_duration_seconds_bucket",
         "relay_in_flight_requests",
         "relay_build_info",
+        "relay_kafka_reachable",
         "relay_spool_bytes",
         "relay_spool_records",
         "relay_spool_oldest_record_age_seconds",

@@ -29,7 +29,7 @@ from aiokafka.structs import RecordMetadata
 from relay.delivery import Readiness, Receipt, Spooled
 from relay.errors import AckTimeout, NotConnected, ProduceFailed, PublishError
 from relay.kafka.publisher import Publisher
-from relay.metrics import Metrics
+from relay.metrics import Metrics, in_files
 from relay.records import Record
 from relay.settings import Settings
 from relay.spool.frames import is_skipped
@@ -43,6 +43,8 @@ _BACKOFF_MIN_S: Final = 0.5
 _BACKOFF_MAX_S: Final = 5.0
 #: a drain batch's acks must all settle within this, or the batch is retried
 _BATCH_TIMEOUT_S: Final = 60.0
+#: under ``--workers``, how often the spool's gauges are written to the worker's files
+_GAUGES_EVERY_S: Final = 1.0
 
 
 class Spooler:
@@ -168,11 +170,30 @@ class Spooler:
         return acked
 
 
+def set_gauges(spool: Spool, metrics: Metrics) -> None:
+    """The spool gauges' values, now."""
+    metrics.spool_bytes.set(spool.disk_bytes)
+    metrics.spool_records.set(spool.records)
+    metrics.spool_oldest_age.set(spool.oldest_age_s())
+
+
+async def write_gauges(spool: Spool, metrics: Metrics) -> None:
+    """Under ``--workers``: the spool gauges every ``_GAUGES_EVERY_S``, into the files."""
+    while True:
+        set_gauges(spool, metrics)
+        await asyncio.sleep(_GAUGES_EVERY_S)
+
+
 def bind_metrics(spool: Spool, metrics: Metrics) -> None:
-    """Point the spool gauges at ``spool`` and count its events in ``metrics``."""
-    metrics.spool_bytes.set_function(lambda: spool.disk_bytes)
-    metrics.spool_records.set_function(lambda: spool.records)
-    metrics.spool_oldest_age.set_function(spool.oldest_age_s)
+    """Point the spool gauges at ``spool`` and count its events in ``metrics``.
+
+    In one process the gauges read the spool at each scrape. A worker's values reach the
+    supervisor's scrape only through its files, which ``write_gauges`` keeps current.
+    """
+    if not in_files():
+        metrics.spool_bytes.set_function(lambda: spool.disk_bytes)
+        metrics.spool_records.set_function(lambda: spool.records)
+        metrics.spool_oldest_age.set_function(spool.oldest_age_s)
     counters = {
         "appends": metrics.spool_appends,
         "drained": metrics.spool_drained,
