@@ -234,7 +234,7 @@ def _send(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     elif args.type == "list":
         print("\n".join(sample_names()))
-        return EXIT_USAGE
+        return 0
     elif args.type == send.ALL_TYPES:
         raws = [sample(name) for name in sample_names()]
     else:

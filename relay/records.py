@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from relay.ingress import catalogue
 from relay.ingress.routing import Kind, Route
 
 __all__ = [
@@ -21,7 +22,6 @@ __all__ = [
     "Record",
     "build_record",
     "idempotency_key",
-    "partition_key",
 ]
 
 #: ``ce_source`` when the operator configures none.
@@ -56,19 +56,6 @@ class Record:
 def _utf8(text: str) -> bytes:
     """Encode ``text`` as UTF-8; stray surrogates are escaped rather than raising."""
     return text.encode("utf-8", "backslashreplace")
-
-
-def partition_key(event: dict[str, object] | str) -> bytes | None:
-    """Return the partition key: ``locationId``, else ``altId`` of a location, else None."""
-    if isinstance(event, str):
-        return None
-    location = event.get("locationId")
-    if isinstance(location, str) and location:
-        return _utf8(location)
-    alt_id = event.get("altId")
-    if event.get("altType") == "location" and isinstance(alt_id, str) and alt_id:
-        return _utf8(alt_id)
-    return None
 
 
 def idempotency_key(event: dict[str, object] | str, body: bytes) -> str:
@@ -133,11 +120,13 @@ def build_record(
         ("hoopai_signature", _utf8(signature)),
         ("hoopai_signature_scheme", scheme.encode("ascii")),
     ]
+    key, key_source = (
+        (None, catalogue.NO_KEY)
+        if isinstance(event, str)
+        else catalogue.partition_key(event, route.key_chain)
+    )
+    # Which field the key is: consumers tell agency-level events (company) from the rest.
+    headers.append(("hoopai_key_source", key_source.encode("ascii")))
     if route.kind is Kind.DEADLETTER and route.reason is not None:
         headers.append(("hoopai_deadletter_reason", route.reason.encode("ascii")))
-    return Record(
-        topic=route.topic,
-        key=partition_key(event),
-        value=body,
-        headers=tuple(headers),
-    )
+    return Record(topic=route.topic, key=key, value=body, headers=tuple(headers))

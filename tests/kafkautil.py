@@ -73,3 +73,27 @@ async def consume_all(bootstrap: str, topic: str) -> list[Any]:
             for batch in batches.values():
                 records.extend(batch)
     return records
+
+
+async def consume_ids(bootstrap: str, topics: set[str], ids: set[str]) -> dict[str, Any]:
+    """The first record of each ``ce_id`` in ``ids``, read from ``topics`` by one consumer.
+
+    Reads from the beginning until every id came, 30 s at most.
+    """
+    found: dict[str, Any] = {}
+    consumer = AIOKafkaConsumer(
+        *sorted(topics),
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            while not ids <= found.keys():
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in batch:
+                        found.setdefault(dict(record.headers)["ce_id"].decode(), record)
+    finally:
+        await consumer.stop()
+    return found

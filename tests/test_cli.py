@@ -21,12 +21,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay import __version__, cli
+from relay.ingress.catalogue import load_catalogue
 from relay.ingress.signatures import load_public_keys, spki_sha256
-from relay.tools.samples import sample_names
+from relay.tools.samples import sample, sample_names
 from relay.tools.tail import format_record, topic_pattern
 from tests.certs import self_signed
 from tests.kafkautil import consume
 from tests.relayutil import ROOT, RunningRelay, StartRelay
+
+CATALOGUE = load_catalogue()
 
 #: longest a CLI process may run in a test
 TIMEOUT_S = 60
@@ -329,12 +332,13 @@ async def test_send_to_a_relay_with_other_keys_exits_1(
     assert (status, answer["reason"]) == (401, "bad_signature")
 
 
-def test_send_type_list_and_unknown_type_exit_2(tmp_path: Path) -> None:
-    """``--type list`` prints the sample names; an unknown type prints them too; both exit 2."""
+def test_send_type_list_exits_0_and_unknown_type_exits_2(tmp_path: Path) -> None:
+    """``--type list`` prints every sample (exit 0); an unknown type prints them too (exit 2)."""
     listed = relay_cli("send", "--type", "list", cwd=tmp_path)
-    assert listed.returncode == 2
+    assert listed.returncode == 0
     assert listed.stdout.split() == sample_names()
-    assert "ContactCreate" in listed.stdout
+    events = {name.split(".")[0] for name in listed.stdout.split()}
+    assert events == {event.name for event in load_catalogue().events}
     unknown = relay_cli("send", "--type", "ContactExplode", cwd=tmp_path)
     assert unknown.returncode == 2
     assert "ContactExplode" in unknown.stderr
@@ -514,15 +518,33 @@ def test_tail_pattern_and_line_format() -> None:
         headers=[("ce_id", b"sha256:ab"), ("ce_type", b"com.hoopai.unknown")],
         value=b'{\n  "a": "x\\ny"\r\n}\xff\x1b[31m\xe2\x80\xa8',
     )
-    assert format_record(record) == (
+    assert format_record(record, CATALOGUE) == (
         'hoo.pai.deadletter 0 7 - com.hoopai.unknown sha256:ab {\\n  "a": "x\\ny"\\r\\n}'
         "\ufffd\\x1b[31m\\u2028"
     )
     compact = b'{"type":"NoteCreate","body":"Zo\xc3\xab \\"quoted\\"\\nnext\\\\"}'
     record.value, record.key = compact, b"loc-1"
-    line = format_record(record)
+    line = format_record(record, CATALOGUE)
     assert line.split(" ", 6)[3] == "loc-1"
     assert json.loads(line.split(" ", 6)[6]) == json.loads(compact)
+
+
+def test_tail_masks_the_voice_ai_bearer_token() -> None:
+    """``tail`` prints a VoiceAiCallEnd with authenticationValue masked, all else as sent."""
+    body = json.dumps(json.loads(sample("VoiceAiCallEnd")), ensure_ascii=False).encode()
+    record = types.SimpleNamespace(
+        topic="p.voice-ai", partition=0, offset=0, key=b"LOC_1234567890",
+        headers=[("ce_type", b"com.hoopai.VoiceAiCallEnd")], value=body,
+    )  # fmt: skip
+    shown = json.loads(format_record(record, CATALOGUE).split(" ", 6)[6])
+    sent = json.loads(body)
+    assert b"Bearer sk_live_xxx" in body
+    assert b"sk_live" not in format_record(record, CATALOGUE).encode()
+    details = shown["executedCallActions"][1]["actionParameters"]["apiDetails"]
+    assert details["authenticationValue"] == "***"
+    details["authenticationValue"] = "Bearer sk_live_xxx"
+    assert shown == sent
+    assert record.value is body  # the record is left as it came
 
 
 # --- check-config ---------------------------------------------------------------------

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.ingress.catalogue import load_catalogue, partition_key
 from relay.ingress.routing import Kind, Routes, load_routes, parse_event, route
-from relay.records import DEFAULT_SOURCE, Record, build_record, idempotency_key, partition_key
+from relay.records import DEFAULT_SOURCE, Record, build_record, idempotency_key
 from relay.tools.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,20 +84,40 @@ def headers_of(record: Record) -> dict[str, bytes]:
         ({"altId": "alt-1"}, None),
         ({"locationId": None}, None),
         ({}, None),
-        ("not_json", None),
-        ("not_object", None),
+        ({"companyId": "co-1", "altType": "location", "altId": "alt-1"}, b"alt-1"),
+        ({"companyId": "co-1", "id": "own-1"}, b"co-1"),
     ],
 )
-def test_partition_key(event: dict[str, object] | str, key: bytes | None) -> None:
-    """The key is locationId, else altId only when altType is "location", else none."""
-    assert partition_key(event) == key
+def test_partition_key(event: dict[str, object], key: bytes | None) -> None:
+    """The key is locationId, else altId only when altType is "location", else companyId."""
+    assert partition_key(event, load_catalogue().key)[0] == key
 
 
-def test_partition_key_of_published_examples() -> None:
+@pytest.mark.parametrize(
+    ("event", "source"),
+    [
+        ({"locationId": "l", "altType": "location", "altId": "a", "companyId": "c"}, "location"),
+        ({"altType": "location", "altId": "a", "companyId": "c"}, "alt"),
+        ({"id": "i", "companyId": "c"}, "id"),
+        ({"companyId": "c"}, "company"),
+        ({"id": "i"}, "id"),
+        ({"companyId": ""}, "none"),
+    ],
+)
+def test_partition_key_of_a_location_event(event: dict[str, object], source: str) -> None:
+    """A Location event falls back to its own id before the company; the source is named."""
+    chain = load_catalogue().key_chain("locations")
+    assert partition_key(event, chain)[1] == source
+
+
+def test_partition_key_of_published_examples(routes: Routes) -> None:
     """A contact keys by its locationId, a type-less invoice by its location altId."""
-    assert partition_key(parse_event(delivery("ContactCreate.json"))) == b"ve9EPM428h8vShlRW1KT"
-    invoice = parse_event((PAYLOADS / "InvoiceCreate.json").read_bytes())
-    assert partition_key(invoice) == b"6578278e879ad2646715ba9c"
+    contact = record_for(delivery("ContactCreate.json"), routes)
+    assert contact.key == b"ve9EPM428h8vShlRW1KT"
+    assert headers_of(contact)["hoopai_key_source"] == b"location"
+    invoice = record_for((PAYLOADS / "InvoiceCreate.json").read_bytes(), routes)
+    assert invoice.key == b"6578278e879ad2646715ba9c"
+    assert headers_of(invoice)["hoopai_key_source"] == b"alt"
 
 
 # --- idempotency key ----------------------------------------------------------------------
@@ -149,6 +170,7 @@ def test_record_of_a_real_delivery(routes: Routes) -> None:
         "content-type": b"application/json",
         "hoopai_signature": SIGNATURE.encode(),
         "hoopai_signature_scheme": b"ed25519",
+        "hoopai_key_source": b"location",
     }
 
 
@@ -236,11 +258,12 @@ def test_typeless_invoice_record(routes: Routes) -> None:
 
 
 def test_unrouted_record_keeps_the_verbatim_type(routes: Routes) -> None:
-    """An unknown type goes to unrouted with its type verbatim in ce_type."""
-    record = record_for(b'{"type": "AppInstall", "locationId": "loc"}', routes)
+    """An unknown type goes to unrouted with its type verbatim in ce_type, still keyed."""
+    record = record_for(b'{"type": "AppExploded", "companyId": "co"}', routes)
     assert record.topic == "hoopai.unrouted"
-    assert record.key == b"loc"
-    assert headers_of(record)["ce_type"] == b"com.hoopai.AppInstall"
+    assert record.key == b"co"
+    assert headers_of(record)["ce_type"] == b"com.hoopai.AppExploded"
+    assert headers_of(record)["hoopai_key_source"] == b"company"
     assert "hoopai_deadletter_reason" not in headers_of(record)
 
 
@@ -271,6 +294,7 @@ def test_deadletter_record(routes: Routes, body: bytes, reason: bytes) -> None:
     assert headers["ce_type"] == b"com.hoopai.unknown"
     assert headers["ce_id"] == b"sha256:" + hashlib.sha256(body).hexdigest().encode()
     assert headers["ce_time"] == b"2026-09-02T10:11:12.345Z"
+    assert headers["hoopai_key_source"] == b"none"
     assert headers["hoopai_deadletter_reason"] == reason
 
 

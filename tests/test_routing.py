@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.ingress.catalogue import load_catalogue
 from relay.ingress.routing import (
     INVOICE_EVENT_TYPE,
     KNOWN_EVENT_TYPES,
@@ -28,10 +29,11 @@ ROUTES_TOML = ROOT / "config" / "routes.toml"
 PAYLOADS = SAMPLES
 PREFIX = "hoopai"
 
-# Every published example (relay/tools/samples/, copied unchanged), with what routing really does
-# with it: (file, topic, event_type). The published AppointmentUpdate/Delete examples say
-# "AppointmentCreate" and the InboundMessage Call example says "OutboundMessage": they still
-# land in the right family, under the (wrong) type they carry.
+# The published examples of HoopAI's 17 events (relay/tools/samples/, copied unchanged), with what
+# routing did with them before the catalogue, and still does: (file, topic, event_type). The
+# published AppointmentUpdate/Delete examples say "AppointmentCreate" and the InboundMessage
+# Call example says "OutboundMessage": they still land in the right family, under the (wrong)
+# type they carry.
 PUBLISHED: list[tuple[str, str, str]] = [
     ("AppointmentCreate.json", "hoopai.appointments", "AppointmentCreate"),
     ("AppointmentDelete.json", "hoopai.appointments", "AppointmentCreate"),
@@ -83,12 +85,18 @@ def route_obj(obj: object, routes: Routes) -> Route:
     return route_body(orjson.dumps(obj), routes)
 
 
+def where(got: Route) -> tuple[str, Kind, str | None, str | None]:
+    """The route's topic, kind, event type and dead-letter reason (not its key chain)."""
+    return got.topic, got.kind, got.event_type, got.reason
+
+
 # --- the published examples -------------------------------------------------------------
 
 
-def test_published_table_covers_every_payload_file() -> None:
-    """Every file in relay/tools/samples/ has an expected route above, and vice versa."""
-    assert sorted(p.name for p in PAYLOADS.glob("*.json")) == sorted(f for f, _, _ in PUBLISHED)
+def test_seed_table_covers_every_sample_of_the_17() -> None:
+    """Every sample of one of HoopAI's 17 events has an expected route above, and vice versa."""
+    seeds = [p.name for p in PAYLOADS.glob("*.json") if p.name.split(".")[0] in KNOWN_EVENT_TYPES]
+    assert sorted(seeds) == sorted(f for f, _, _ in PUBLISHED)
 
 
 def test_known_event_types_are_the_17_published_events() -> None:
@@ -103,7 +111,8 @@ def test_published_example_routes_to_its_family(
 ) -> None:
     """Each published example goes to its family's topic, under the type it carries."""
     got = route_body((PAYLOADS / name).read_bytes(), routes)
-    assert got == Route(topic, Kind.ROUTED, event_type, None)
+    assert where(got) == (topic, Kind.ROUTED, event_type, None)
+    assert got.recognised
 
 
 def test_published_examples_with_the_wrong_type_keep_it(routes: Routes) -> None:
@@ -142,9 +151,8 @@ def test_real_delivery_fields_do_not_change_the_route(routes: Routes) -> None:
 )
 def test_typeless_invoice_goes_to_invoices(routes: Routes, event: dict[str, object]) -> None:
     """A body with no string type but the invoice shape is routed as an "Invoice"."""
-    assert route_obj(event, routes) == Route(
-        "hoopai.invoices", Kind.ROUTED, INVOICE_EVENT_TYPE, None
-    )
+    got = route_obj(event, routes)
+    assert where(got) == ("hoopai.invoices", Kind.ROUTED, INVOICE_EVENT_TYPE, None)
 
 
 @pytest.mark.parametrize(
@@ -159,40 +167,47 @@ def test_typeless_invoice_goes_to_invoices(routes: Routes, event: dict[str, obje
 )
 def test_typeless_non_invoice_is_unrouted(routes: Routes, event: dict[str, object]) -> None:
     """A body with no string type and no invoice shape is unrouted, with no event type."""
-    assert route_obj(event, routes) == Route("hoopai.unrouted", Kind.UNROUTED, None, None)
+    assert where(route_obj(event, routes)) == ("hoopai.unrouted", Kind.UNROUTED, None, None)
 
 
 def test_a_string_type_wins_over_the_invoice_shape(routes: Routes) -> None:
     """An invoice-shaped body that does carry a type is routed by that type."""
     event = {"type": "InvoiceSent", "altType": "location", "_id": "inv"}
-    assert route_obj(event, routes) == Route("hoopai.invoices", Kind.ROUTED, "InvoiceSent", None)
-    event = {"type": "AppInstall", "altType": "location", "_id": "inv"}
+    got = route_obj(event, routes)
+    assert where(got) == ("hoopai.invoices", Kind.ROUTED, "InvoiceSent", None)
+    event = {"type": "INSTALL", "altType": "location", "_id": "inv"}
+    assert where(route_obj(event, routes)) == ("hoopai.apps", Kind.ROUTED, "AppInstall", None)
+    event = {"type": "AppExploded", "altType": "location", "_id": "inv"}
     assert route_obj(event, routes).kind is Kind.UNROUTED
 
 
 # --- unknown types and families ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("event_type", ["AppInstall", "LCEmailStats", "", "contactcreate", "x"])
+@pytest.mark.parametrize("event_type", ["AppExploded", "INSTALLED", "", "contactcreate", "x"])
 def test_unknown_type_is_unrouted(routes: Routes, event_type: str) -> None:
     """A string type that no family or override knows goes to unrouted, type verbatim."""
     got = route_obj({"type": event_type, "locationId": "loc"}, routes)
-    assert got == Route("hoopai.unrouted", Kind.UNROUTED, event_type, None)
+    assert where(got) == ("hoopai.unrouted", Kind.UNROUTED, event_type, None)
+    assert not got.recognised
 
 
 @pytest.mark.parametrize(
     ("event_type", "topic"),
     [
-        ("OpportunityDelete", "hoopai.opportunities"),
-        ("OpportunityStatusUpdate", "hoopai.opportunities"),
-        ("TaskComplete", "hoopai.tasks"),
-        ("InvoiceVoid", "hoopai.invoices"),
+        ("ContactMerged", "hoopai.contacts"),
+        ("OpportunityArchived", "hoopai.opportunities"),
+        ("TaskReopened", "hoopai.tasks"),
         ("Contact", "hoopai.contacts"),
     ],
 )
-def test_family_covers_types_beyond_the_17(routes: Routes, event_type: str, topic: str) -> None:
-    """HighLevel types outside the 17 still route by their family prefix."""
-    assert route_obj({"type": event_type}, routes) == Route(topic, Kind.ROUTED, event_type, None)
+def test_family_covers_types_beyond_the_catalogue(
+    routes: Routes, event_type: str, topic: str
+) -> None:
+    """Types the catalogue does not know still route by the operator's family prefixes."""
+    got = route_obj({"type": event_type}, routes)
+    assert where(got) == (topic, Kind.ROUTED, event_type, None)
+    assert not got.recognised
 
 
 @pytest.mark.parametrize("event_type", ["Contacts", "ContactlessPay", "Notebook", "Taskforce"])
@@ -227,16 +242,36 @@ def test_override_wins_over_family(tmp_path: Path) -> None:
         '[families]\nContact = "contacts"\n\n[topics]\nContactDelete = "crm.contact-deletes"\n',
     )
     got = route_obj({"type": "ContactDelete"}, routes)
-    assert got == Route("crm.contact-deletes", Kind.ROUTED, "ContactDelete", None)
+    assert where(got) == ("crm.contact-deletes", Kind.ROUTED, "ContactDelete", None)
     assert route_obj({"type": "ContactCreate"}, routes).topic == "hoopai.contacts"
 
 
 def test_override_routes_an_otherwise_unrouted_type(tmp_path: Path) -> None:
     """An override needs no family: it routes a type that would be unrouted."""
-    routes = routes_from(tmp_path, '[families]\n\n[topics]\nAppInstall = "apps"\n')
-    assert route_obj({"type": "AppInstall"}, routes) == Route(
-        "apps", Kind.ROUTED, "AppInstall", None
-    )
+    routes = routes_from(tmp_path, '[families]\n\n[topics]\nAppExploded = "apps"\n')
+    got = route_obj({"type": "AppExploded"}, routes)
+    assert where(got) == ("apps", Kind.ROUTED, "AppExploded", None)
+
+
+def test_override_of_an_event_applies_to_its_aliases(tmp_path: Path) -> None:
+    """An override keyed by the event's name catches every type value naming that event."""
+    routes = routes_from(tmp_path, '[families]\n\n[topics]\nAppInstall = "apps.installs"\n')
+    got = route_obj({"type": "INSTALL", "companyId": "co"}, routes)
+    assert where(got) == ("apps.installs", Kind.ROUTED, "AppInstall", None)
+    assert route_obj({"type": "UNINSTALL"}, routes).topic == "hoopai.apps"
+
+
+def test_override_keyed_by_an_alias_is_refused(tmp_path: Path) -> None:
+    """A [topics] key that is a type value of an event, not its name, would never match."""
+    with pytest.raises(RoutesError, match=r"INSTALL: .* of AppInstall; write AppInstall"):
+        routes_from(tmp_path, '[families]\n\n[topics]\nINSTALL = "apps"\n')
+
+
+def test_family_prefix_overrides_the_catalogue_family(tmp_path: Path) -> None:
+    """An operator's [families] prefix wins over the catalogue's family for its events."""
+    routes = routes_from(tmp_path, '[families]\nApp = "marketplace"\n')
+    assert route_obj({"type": "INSTALL"}, routes).topic == "hoopai.marketplace"
+    assert route_obj({"type": "ContactCreate"}, routes).topic == "hoopai.contacts"
 
 
 def test_invoice_override_catches_typeless_invoices(tmp_path: Path) -> None:
@@ -245,14 +280,16 @@ def test_invoice_override_catches_typeless_invoices(tmp_path: Path) -> None:
         tmp_path, '[families]\nInvoice = "invoices"\n\n[topics]\nInvoice = "billing"\n'
     )
     got = route_body((PAYLOADS / "InvoicePaid.json").read_bytes(), routes)
-    assert got == Route("billing", Kind.ROUTED, INVOICE_EVENT_TYPE, None)
+    assert where(got) == ("billing", Kind.ROUTED, INVOICE_EVENT_TYPE, None)
 
 
-def test_typeless_invoice_without_an_invoice_family_is_unrouted(tmp_path: Path) -> None:
-    """Without an Invoice family or override a type-less invoice is unrouted, as "Invoice"."""
+def test_typeless_invoice_without_an_invoice_family_goes_to_the_catalogue_family(
+    tmp_path: Path,
+) -> None:
+    """Without an Invoice family or override a type-less invoice goes to invoices all the same."""
     routes = routes_from(tmp_path, '[families]\nContact = "contacts"\n')
     got = route_body((PAYLOADS / "InvoiceCreate.json").read_bytes(), routes)
-    assert got == Route("hoopai.unrouted", Kind.UNROUTED, INVOICE_EVENT_TYPE, None)
+    assert where(got) == ("hoopai.invoices", Kind.ROUTED, INVOICE_EVENT_TYPE, None)
 
 
 # --- dead letters -------------------------------------------------------------------------
@@ -282,7 +319,8 @@ def test_typeless_invoice_without_an_invoice_family_is_unrouted(tmp_path: Path) 
 def test_non_object_body_is_a_dead_letter(routes: Routes, body: bytes, reason: str) -> None:
     """Invalid JSON, invalid UTF-8 and non-object JSON go to deadletter with the reason."""
     assert parse_event(body) == reason
-    assert route_body(body, routes) == Route("hoopai.deadletter", Kind.DEADLETTER, None, reason)
+    got = route_body(body, routes)
+    assert where(got) == ("hoopai.deadletter", Kind.DEADLETTER, None, reason)
 
 
 def test_parse_event_returns_the_object() -> None:
@@ -303,9 +341,11 @@ def test_route_rejects_a_string_that_is_no_deadletter_reason(routes: Routes) -> 
 
 
 def test_metric_type_only_passes_known_types(routes: Routes) -> None:
-    """metric_type returns a known type, "Invoice", or "other"; never a payload string."""
+    """metric_type returns a catalogue name, or "other"; never a payload string."""
     assert metric_type(route_obj({"type": "ContactCreate"}, routes)) == "ContactCreate"
-    assert metric_type(route_obj({"type": "OpportunityDelete"}, routes)) == "other"
+    assert metric_type(route_obj({"type": "OpportunityDelete"}, routes)) == "OpportunityDelete"
+    assert metric_type(route_obj({"type": "INSTALL"}, routes)) == "AppInstall"
+    assert metric_type(route_obj({"type": "OpportunityArchived"}, routes)) == "other"
     assert metric_type(route_obj({"type": "x" * 10_000}, routes)) == "other"
     assert metric_type(route_obj({}, routes)) == "other"
     assert metric_type(route_body(b"[]", routes)) == "other"
@@ -351,7 +391,8 @@ def test_load_routes_applies_the_prefix(tmp_path: Path) -> None:
     """Family topics, unrouted and deadletter all live under the given prefix."""
     routes = load_routes(ROUTES_TOML, "acme.prod-1")
     assert route_obj({"type": "TaskCreate"}, routes).topic == "acme.prod-1.tasks"
-    assert route_obj({"type": "AppInstall"}, routes).topic == "acme.prod-1.unrouted"
+    assert route_obj({"type": "AppInstall"}, routes).topic == "acme.prod-1.apps"
+    assert route_obj({"type": "AppExploded"}, routes).topic == "acme.prod-1.unrouted"
     assert route_body(b"1", routes).topic == "acme.prod-1.deadletter"
 
 
@@ -441,7 +482,7 @@ def test_route_never_raises_for_arbitrary_bytes(routes: Routes, body: bytes) -> 
     got = route(parse_event(body), routes)
     assert got.topic.startswith(PREFIX + ".")
     assert (got.reason is not None) == (got.kind is Kind.DEADLETTER)
-    assert metric_type(got) in KNOWN_EVENT_TYPES | {INVOICE_EVENT_TYPE, "other"}
+    assert metric_type(got) in routes.catalogue.names() | {"other"}
 
 
 @settings(database=None, max_examples=300)
@@ -452,14 +493,14 @@ def test_route_never_raises_for_arbitrary_bytes(routes: Routes, body: bytes) -> 
 def test_route_never_raises_for_any_json_object(
     routes: Routes, event: dict[str, object], type_value: object
 ) -> None:
-    """Any JSON object routes under the prefix; a string type is kept verbatim."""
+    """Any JSON object routes under the prefix; a string type is kept verbatim unless known."""
     event["type"] = type_value
     got = route_obj(event, routes)
     assert got.topic.startswith(PREFIX + ".")
     assert got.kind is not Kind.DEADLETTER
-    if isinstance(type_value, str):
+    assert (got.kind is Kind.ROUTED) == (got.topic != PREFIX + ".unrouted")
+    if isinstance(type_value, str) and not got.recognised:
         assert got.event_type == type_value
-        assert (got.kind is Kind.ROUTED) == (got.topic != PREFIX + ".unrouted")
 
 
 def test_all_topics_lists_families_overrides_and_reserved(tmp_path: Path) -> None:
@@ -468,10 +509,7 @@ def test_all_topics_lists_families_overrides_and_reserved(tmp_path: Path) -> Non
     path.write_text(
         '[families]\nContact = "contacts"\nNote = "notes"\n[topics]\nNoteCreate = "x.y"\n'
     )
-    assert all_topics(load_routes(path, "p")) == [
-        "p.contacts",
-        "p.deadletter",
-        "p.notes",
-        "p.unrouted",
-        "x.y",
-    ]
+    families = {f"p.{family}" for family in load_catalogue().families}
+    assert all_topics(load_routes(path, "p")) == sorted(
+        families | {"p.contacts", "p.deadletter", "p.notes", "p.unrouted", "x.y"}
+    )

@@ -1,7 +1,9 @@
 """Which Kafka topic a webhook body goes to: pure functions over the parsed payload.
 
-The routing table comes from ``config/routes.toml`` (see the comments there). Nothing here
-does I/O except :func:`load_routes` reading that file, and nothing here keeps state.
+What a body is comes from the event catalogue (``relay/ingress/catalogue.toml``, through
+:mod:`relay.ingress.catalogue`): every known event has a family, and a family a default topic. The
+operator's ``config/routes.toml`` overrides those topics (see the comments there). Nothing
+here does I/O except :func:`load_routes` reading those files, and nothing keeps state.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Final
 
 import orjson
+
+from relay.ingress.catalogue import Catalogue, load_catalogue, recognise
 
 __all__ = [
     "DEADLETTER_REASONS",
@@ -34,8 +38,7 @@ __all__ = [
     "route",
 ]
 
-#: The 17 event types HoopAI documents. Metric labels may only take these values (plus
-#: :data:`INVOICE_EVENT_TYPE` and "other"): anything read from a payload is unbounded.
+#: The 17 event types HoopAI itself lists (the catalogue has all 63 of HighLevel's).
 KNOWN_EVENT_TYPES: Final = frozenset(
     {
         "AppointmentCreate",
@@ -58,10 +61,10 @@ KNOWN_EVENT_TYPES: Final = frozenset(
     }
 )
 
-#: The event type given to a body with no string ``type`` but the invoice shape. The
-#: published InvoiceCreate/InvoicePaid examples carry no ``type`` at all, so which of the
-#: two (or another invoice event) such a body is cannot be known; it is routed, and its
-#: ``ce_type`` is named, as the generic "Invoice".
+#: The name of a body with no string ``type`` but the invoice shape (a shape of the
+#: catalogue). The seven published invoice examples carry no ``type`` and share one shape,
+#: so which invoice event such a body is cannot be known; it is routed, and its ``ce_type``
+#: named, as the family-level "Invoice".
 INVOICE_EVENT_TYPE: Final = "Invoice"
 
 #: Dead-letter reasons: a closed set, safe as a metric label.
@@ -72,7 +75,6 @@ DEADLETTER_REASONS: Final = frozenset({NOT_JSON, NOT_OBJECT})
 _UNROUTED: Final = "unrouted"
 _DEADLETTER: Final = "deadletter"
 _OTHER: Final = "other"
-_METRIC_TYPES: Final = KNOWN_EVENT_TYPES | {INVOICE_EVENT_TYPE}
 
 # Kafka's legal topic characters and its maximum topic name length.
 _TOPIC_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
@@ -103,6 +105,8 @@ class Routes:
     families: tuple[tuple[str, str], ...]
     #: exact event type -> full topic name (no prefix added).
     overrides: Mapping[str, str]
+    #: what the relay knows of every event: families, recognition, key fields.
+    catalogue: Catalogue
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +115,16 @@ class Route:
 
     topic: str
     kind: Kind
-    #: the payload's ``type`` verbatim when a string; "Invoice" for a type-less invoice.
-    #: Never use it as a metric label: see :func:`metric_type`.
+    #: the catalogue's name for a recognised body (an event, or a family-level name such as
+    #: "Invoice"); else the payload's ``type`` verbatim when a string. Never use it as a
+    #: metric label unless recognised: see :func:`metric_type`.
     event_type: str | None
     #: one of :data:`DEADLETTER_REASONS` for a dead letter, else None.
     reason: str | None
+    #: the fields the partition key is taken from, in order (the catalogue's, for the family)
+    key_chain: tuple[str, ...] = ()
+    #: the catalogue named the body: ``event_type`` is one of its bounded set of names
+    recognised: bool = False
 
 
 def _valid_topic(name: str) -> bool:
@@ -144,8 +153,13 @@ def _table(data: dict[str, object], name: str, path: Path) -> dict[str, str]:
     return table
 
 
-def load_routes(path: Path, prefix: str) -> Routes:
-    """Read and validate the routes file at ``path`` for topics under ``prefix``."""
+def load_routes(path: Path, prefix: str, catalogue: Catalogue | None = None) -> Routes:
+    """Read and validate the routes file at ``path`` for topics under ``prefix``.
+
+    ``catalogue`` defaults to the shipped one.
+    """
+    if catalogue is None:
+        catalogue = load_catalogue()
     if not _valid_topic(prefix) or len(prefix) + 1 + len(_DEADLETTER) > _TOPIC_MAX:
         raise RoutesError(f"topic prefix {prefix!r} is not a valid Kafka topic name")
     try:
@@ -170,17 +184,29 @@ def load_routes(path: Path, prefix: str) -> Routes:
     for key, topic in overrides.items():
         if not _valid_topic(topic):
             raise RoutesError(f"{path}: [topics] {key}: {topic!r} is not a valid Kafka topic name")
+        named = catalogue.by_type.get(key)
+        if named is not None and named.name != key:
+            # The key would never match: a recognised body is routed by its event's name.
+            raise RoutesError(
+                f"{path}: [topics] {key}: that is the type value of {named.name}; "
+                f"write {named.name} instead"
+            )
+    for family in catalogue.families:
+        if not _valid_topic(f"{prefix}.{family}"):
+            raise RoutesError(f"topic prefix {prefix!r}: {prefix}.{family} is not a valid topic")
     ordered = sorted(families.items(), key=lambda kv: (-len(kv[0]), kv[0]))
     return Routes(
         prefix=prefix,
         families=tuple(ordered),
         overrides=types.MappingProxyType(overrides),
+        catalogue=catalogue,
     )
 
 
 def all_topics(routes: Routes) -> list[str]:
     """Every topic the routes can produce to, for creating them up front."""
     families = {f"{routes.prefix}.{family}" for _, family in routes.families}
+    families |= {f"{routes.prefix}.{family}" for family in routes.catalogue.families}
     reserved = {f"{routes.prefix}.{_UNROUTED}", f"{routes.prefix}.{_DEADLETTER}"}
     return sorted(families | reserved | set(routes.overrides.values()))
 
@@ -194,11 +220,6 @@ def parse_event(body: bytes) -> dict[str, object] | str:
     if isinstance(parsed, dict):
         return parsed
     return NOT_OBJECT
-
-
-def _is_invoice(event: dict[str, object]) -> bool:
-    """Tell whether a type-less body has the shape of a published invoice event."""
-    return "altType" in event and ("invoiceNumber" in event or "_id" in event)
 
 
 def _family_topic(event_type: str, routes: Routes) -> str | None:
@@ -215,28 +236,33 @@ def _family_topic(event_type: str, routes: Routes) -> str | None:
 
 
 def route(event: dict[str, object] | str, routes: Routes) -> Route:
-    """Route a parsed body (or a :func:`parse_event` dead-letter reason) to its topic."""
+    """Route a parsed body (or a :func:`parse_event` dead-letter reason) to its topic.
+
+    A body the catalogue recognises goes to the operator's topic for its name, else to its
+    family's default topic. Any other body goes where the operator's file sends its
+    ``type``, else to ``unrouted``: kept, never dead-lettered.
+    """
     if isinstance(event, str):
         if event not in DEADLETTER_REASONS:
             raise ValueError(f"not a dead-letter reason: {event!r}")
         return Route(f"{routes.prefix}.{_DEADLETTER}", Kind.DEADLETTER, None, event)
+    catalogue = routes.catalogue
+    named = recognise(event, catalogue)
+    if named is not None:
+        topic = _family_topic(named.name, routes) or f"{routes.prefix}.{named.family}"
+        chain = catalogue.key_chain(named.family)
+        return Route(topic, Kind.ROUTED, named.name, None, chain, recognised=True)
     raw_type = event.get("type")
-    if isinstance(raw_type, str):
-        event_type: str | None = raw_type
-    elif _is_invoice(event):
-        event_type = INVOICE_EVENT_TYPE
-    else:
-        event_type = None
+    event_type = raw_type if isinstance(raw_type, str) else None
     if event_type is not None:
-        topic = _family_topic(event_type, routes)
-        if topic is not None:
-            return Route(topic, Kind.ROUTED, event_type, None)
-    return Route(f"{routes.prefix}.{_UNROUTED}", Kind.UNROUTED, event_type, None)
+        override = _family_topic(event_type, routes)
+        if override is not None:
+            return Route(override, Kind.ROUTED, event_type, None, catalogue.key)
+    return Route(f"{routes.prefix}.{_UNROUTED}", Kind.UNROUTED, event_type, None, catalogue.key)
 
 
 def metric_type(route: Route) -> str:
-    """Return a metric label for the route's event type: a known type, or "other"."""
-    event_type = route.event_type
-    if event_type is not None and event_type in _METRIC_TYPES:
-        return event_type
+    """Return a metric label for the route's event type: a catalogue name, or "other"."""
+    if route.recognised and route.event_type is not None:
+        return route.event_type
     return _OTHER

@@ -3,7 +3,8 @@
 It reads with the relay's own connection settings (``RELAY_KAFKA_*``, TLS and SASL included)
 every topic named ``<RELAY_TOPIC_PREFIX>.<anything>``, including the topics that appear while
 it runs. It joins a consumer group of its own, with a random id, and never commits: it
-changes nothing for the real consumers.
+changes nothing for the real consumers. The fields the catalogue marks sensitive (a Voice AI
+call's bearer token) are masked in what it prints; the records themselves are untouched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final, TextIO
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from relay.ingress.catalogue import Catalogue, load_catalogue, mask_sensitive
 from relay.kafka.options import client_options
 from relay.settings import Settings
 from relay.tools.show import header, one_line
@@ -34,10 +36,10 @@ def topic_pattern(prefix: str) -> str:
     return f"^{re.escape(prefix)}\\..*"
 
 
-def format_record(record: Any) -> str:
-    """``topic partition offset key ce_type ce_id body``, on one line."""
+def format_record(record: Any, catalogue: Catalogue) -> str:
+    """``topic partition offset key ce_type ce_id body``, on one line, secrets masked."""
     key = "-" if record.key is None else bytes(record.key).decode("utf-8", "replace")
-    body = b"" if record.value is None else bytes(record.value)
+    body = b"" if record.value is None else mask_sensitive(bytes(record.value), catalogue)
     fields = [
         record.topic,
         str(record.partition),
@@ -114,6 +116,7 @@ async def tail(
         auto_offset_reset="earliest" if from_beginning else "latest",
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
+    catalogue = load_catalogue()
     pattern = topic_pattern(settings.topic_prefix)
     listener = _KeepPositions(consumer, pattern, from_beginning=from_beginning, log=log)
     consumer.subscribe(pattern=pattern, listener=listener)
@@ -133,7 +136,7 @@ async def tail(
                 for record in records:
                     if max_records is not None and printed >= max_records:
                         break
-                    print(format_record(record), file=out, flush=True)
+                    print(format_record(record, catalogue), file=out, flush=True)
                     listener.positions[tp] = record.offset + 1
                     printed += 1
                     last_record = time.monotonic()
