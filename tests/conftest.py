@@ -161,7 +161,7 @@ def public_key_files(
     return tuple(paths)
 
 
-def relay_settings(public_keys: tuple[Path, ...], bootstrap: str, **overrides: Any) -> Settings:
+def relay_settings(public_keys: tuple[Path, ...], bootstrap: str, /, **overrides: Any) -> Settings:
     """A relay on 127.0.0.1:0 with the test keys and topics of its own, ``overrides`` applied."""
     settings = Settings(
         http_host="127.0.0.1",
