@@ -8,13 +8,23 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/relay
+# Two virtualenvs: /opt/build holds pip and the build backend and stays in this stage;
+# /opt/relay, the one the runtime copies, gets no pip or setuptools of its own.
+RUN python -m venv /opt/build && python -m venv --without-pip /opt/relay
 WORKDIR /src
+# The build backend, pinned with hashes like the runtime: pip would otherwise fetch the
+# newest hatchling, unverified, for `pip install .`.
+COPY requirements-build.lock ./
+RUN /opt/build/bin/pip install --require-hashes --no-deps --only-binary=:all: \
+        -r requirements-build.lock
 COPY requirements.lock ./
-RUN /opt/relay/bin/pip install --require-hashes --no-deps --only-binary=:all: -r requirements.lock
+RUN /opt/build/bin/pip --python /opt/relay/bin/python install --require-hashes --no-deps \
+        --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY relay ./relay
-RUN /opt/relay/bin/pip install --no-deps .
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && /opt/build/bin/pip --python /opt/relay/bin/python install --no-deps --no-index \
+        /tmp/dist/*.whl
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 \

@@ -1,6 +1,6 @@
 # hoopai-relay: the two commands a user needs are `make run` and `make test`.
 # Everything else is here so that those two work on a fresh machine with only
-# Python 3.11+, Java 17+ and Maven installed.
+# Python 3.11+, Java 17+ and Maven installed (and, for the image, Debian's apt as root).
 
 KAFKA_VERSION ?= 4.1.1
 HELM_VERSION ?= v3.19.0
@@ -21,7 +21,7 @@ export KAFKA_VERSION HELM PROMETHEUS PROMTOOL
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
         kafka-secure-up kafka-secure-down \
-        kafka-logs helm prometheus lint lock test run demo demo-stop bench soak chaos clean
+        kafka-logs helm prometheus image-tools image lint lock test run demo demo-stop bench soak chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -80,6 +80,28 @@ $(PROMTOOL):
 	rm -rf $(PROMETHEUS_DIR) && mv $(PROMETHEUS_DIR).tmp $(PROMETHEUS_DIR)
 	$(PROMTOOL) --version
 
+# buildah, podman, mmdebstrap and runc (Debian packages of the same names) build and run
+# the image without a Docker engine. Installed only where missing, and only as root with
+# apt; elsewhere this says what is missing and the image tests skip, saying so too.
+IMAGE_TOOLS := buildah podman mmdebstrap runc
+
+image-tools:  ## install buildah, podman, mmdebstrap and runc with apt (as root) if missing
+	@missing=$$(for tool in $(IMAGE_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make image-tools: apt-get install" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+			install -y -q --no-install-recommends $$missing; \
+	else \
+		echo "make image-tools: missing" $$missing "(Debian: apt-get install" $$missing \
+		     "as root); the image tests will skip"; \
+	fi
+
+# The Dockerfile, unchanged, built by buildah into the machine's container storage; the
+# stand-in for python:3.11-slim-bookworm first when no image has that name (dev/image.py).
+image: image-tools  ## build hoopai-relay:dev with buildah (no Docker engine needed)
+	$(PYTHON) dev/image.py build --tag hoopai-relay:dev
+
 lint: venv  ## ruff, mypy, hadolint and docker compose config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -87,17 +109,23 @@ lint: venv  ## ruff, mypy, hadolint and docker compose config
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/docker-compose -f docker-compose.yml config --quiet
 
-lock: venv  ## regenerate requirements.lock, the image's pinned runtime dependencies
+lock: venv  ## regenerate requirements.lock and requirements-build.lock (the image's pins)
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o requirements.lock.new
 	{ sed -n '1,2p' requirements.lock; cat requirements.lock.new; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock && rm requirements.lock.new
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(BIN)/uv pip compile - --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o requirements-build.lock.new
+	{ sed -n '1,2p' requirements-build.lock; cat requirements-build.lock.new; } > requirements-build.lock.tmp
+	mv requirements-build.lock.tmp requirements-build.lock && rm requirements-build.lock.new
 
 # The pytest fixtures bring up the broker (and the cluster, for the tests that need it)
 # and stop only what they started: a broker you started with `make kafka-up` stays up.
-test: venv kafka-fetch helm prometheus lint  ## lint, then every test against real brokers
-	$(BIN)/pytest
+# HOOPAI_IMAGE=1: the image tests too (tests/test_image.py; about 1 to 3 min warm).
+test: venv kafka-fetch helm prometheus image-tools lint  ## lint, then every test against real brokers
+	HOOPAI_IMAGE=1 $(BIN)/pytest
 
 # On 127.0.0.1 unless RELAY_HTTP_HOST says otherwise: a dev machine's relay is for itself.
 run: $(BIN)/.runtime-installed kafka-up  ## the relay against the local broker

@@ -201,10 +201,15 @@ def kafka_version() -> str:
     return os.environ.get("KAFKA_VERSION") or DEFAULT_KAFKA_VERSION
 
 
+def cache_root() -> Path:
+    """The project's cache outside the repo, shared by checkouts: ``~/.cache/hoopai-relay``."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "hoopai-relay"
+
+
 def cache_dir() -> Path:
     """Where the jars of one Kafka version are kept across runs and checkouts."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "hoopai-relay" / f"kafka-{kafka_version()}"
+    return cache_root() / f"kafka-{kafka_version()}"
 
 
 def home() -> Path:

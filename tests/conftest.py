@@ -44,12 +44,21 @@ KAFKA_FIXTURES = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by the broker they need, so ``-m 'not kafka and not cluster'`` needs no Java."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by the broker they need, so ``-m 'not kafka and not cluster'`` needs no Java.
+
+    The ``image`` tests (minutes, root, buildah and podman) are opt-in: ``make test`` sets
+    ``HOOPAI_IMAGE=1``, and ``-m image`` selects them too.
+    """
+    image_opted_in = os.environ.get("HOOPAI_IMAGE") == "1" or "image" in config.option.markexpr
     for item in items:
         for fixture, marker in KAFKA_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
+        if item.get_closest_marker("image") and not image_opted_in:
+            item.add_marker(
+                pytest.mark.skip(reason="builds and runs the image: HOOPAI_IMAGE=1 or -m image")
+            )
 
 
 @pytest.hookimpl(wrapper=True)

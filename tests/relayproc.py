@@ -88,19 +88,25 @@ def serve(
             [sys.executable, "-m", "relay", "serve"], env=env, cwd=folder, stdout=out, stderr=out
         )
     try:
-        port, metrics_port = _wait_listening(proc, log)
+        port, metrics_port = wait_listening(proc, log)
         yield ServeProcess(proc, port, metrics_port, prefix, log)
     finally:
         proc.terminate()
         proc.wait(timeout=40)
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], log: Path) -> tuple[int, int]:
-    """The webhook and metrics ports from the 'listening' log line, within 30 s."""
+def wait_listening(proc: subprocess.Popen[bytes], log: Path) -> tuple[int, int]:
+    """The webhook and metrics ports from the 'listening' log line, within 30 s.
+
+    ``proc`` may be ``relay serve`` or a ``podman run`` of the image; lines that are not
+    the relay's JSON (podman's own warnings) are passed over.
+    """
     give_up = time.monotonic() + 30
     while time.monotonic() < give_up:
         assert proc.poll() is None, log.read_text()
         for line in log.read_text().splitlines():
+            if not line.startswith("{"):
+                continue
             entry = json.loads(line)
             if entry.get("message") == "listening":
                 return int(entry["http"][1]), int(entry["metrics"][1])
