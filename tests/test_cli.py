@@ -577,6 +577,7 @@ def test_check_config_summarises_a_valid_configuration(
         str(routes),
         "ed25519 keys:    1",
         "rsa keys:        1",
+        "event catalogue: 63 events in 17 families",
         spki_sha256(keys.ed25519[0]),
         spki_sha256(keys.rsa[0]),
     ):

@@ -38,6 +38,9 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
         f"routes file:     {settings.routes_file} "
         f"({len(routes.families)} families, {len(routes.overrides)} exact types, "
         f"{len(all_topics(routes))} topics)",
+        f"event catalogue: {len(routes.catalogue.events)} events in "
+        f"{len(routes.catalogue.families)} families (docs {routes.catalogue.docs_repo} "
+        f"at {routes.catalogue.docs_commit[:12]})",
         f"public keys:     {source}",
         f"ed25519 keys:    {len(keys.ed25519)}",
         *(f"  {spki_sha256(key)}" for key in keys.ed25519),
