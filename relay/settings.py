@@ -14,6 +14,8 @@ that tie two settings together are written apart, in :meth:`Settings.validate`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -109,14 +111,23 @@ def _upper(raw: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Allowed:
+    """A setting's range: the check, and the words that tell a user what passes it."""
+
+    check: Callable[[Any], bool]
+    #: e.g. "0 to 65535", "above 0", "429 or 503": said in the error for a value outside
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Spec:
     """What a field of :class:`Settings` is, beyond its type and default."""
 
     cast: Callable[[str], object]
     #: the meaning column of the README's table
     doc: str
-    #: the range: False for a value the relay refuses
-    ok: Callable[[Any], bool] | None = None
+    #: the range; None: any value the cast accepts
+    ok: Allowed | None = None
     #: the default column when the default itself is not what to show (None: "none")
     shown: str | None = None
 
@@ -126,7 +137,7 @@ def _setting(
     cast: Callable[[str], object],
     doc: str,
     *,
-    ok: Callable[[Any], bool] | None = None,
+    ok: Allowed | None = None,
     shown: str | None = None,
     secret: bool = False,
 ) -> Any:
@@ -136,20 +147,22 @@ def _setting(
     )
 
 
-def _port(value: int) -> bool:
-    return 0 <= value <= 65535
+def _between(low: int, high: int) -> Allowed:
+    return Allowed(lambda value: low <= value <= high, f"{low} to {high}")
 
 
-def _positive(value: float) -> bool:
-    return value > 0
+def _one_of(*values: object) -> Allowed:
+    words = [str(v) for v in values]
+    text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" or {words[-1]}"
+    return Allowed(values.__contains__, text)
 
 
-def _not_negative(value: float) -> bool:
-    return value >= 0
-
-
-def _positive_or_none(value: int | None) -> bool:
-    return value is None or value > 0
+_port = _between(0, 65535)
+_positive = Allowed(lambda value: value > 0, "above 0")
+_not_negative = Allowed(lambda value: value >= 0, "0 or more")
+_positive_or_none = Allowed(
+    lambda value: value is None or value > 0, "above 0, or empty for the broker's default"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +230,14 @@ class Settings:
         shown="the broker's `default.replication.factor`",
     )
     kafka_bootstrap_servers: tuple[str, ...] = _setting(
-        ("127.0.0.1:9092",), _list, "comma-separated `host:port` list", ok=bool
-    )
+        ("127.0.0.1:9092",), _list, "comma-separated `host:port` list",
+        ok=Allowed(bool, "at least one host:port"),
+    )  # fmt: skip
     kafka_security_protocol: str = _setting(
         "PLAINTEXT",
         _upper,
         "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`",
-        ok=_SECURITY_PROTOCOLS.__contains__,
+        ok=_one_of(*_SECURITY_PROTOCOLS),
     )
     kafka_ssl_cafile: Path | None = _setting(
         None, _optional_path, "CA bundle to verify the brokers", shown="system CAs"
@@ -236,7 +250,7 @@ class Settings:
         "PLAIN",
         _upper,
         "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`",
-        ok=_SASL_MECHANISMS.__contains__,
+        ok=_one_of(*_SASL_MECHANISMS),
     )
     kafka_sasl_username: str | None = _setting(None, _optional_text, "SASL user")
     kafka_sasl_password: str | None = _setting(
@@ -253,7 +267,7 @@ class Settings:
         4000,
         _int,
         "a request's deadline for the Kafka ack",
-        ok=lambda value: 0 < value <= 60_000,
+        ok=_between(1, 60_000),
     )
     max_in_flight: int = _setting(
         1000,
@@ -263,7 +277,7 @@ class Settings:
         ok=_positive,
     )
     unavailable_status: int = _setting(
-        429, _int, "`429` or `503`, sent with `Retry-After`", ok=(429, 503).__contains__
+        429, _int, "`429` or `503`, sent with `Retry-After`", ok=_one_of(429, 503)
     )
     retry_after_s: int = _setting(5, _int, "the `Retry-After` value", ok=_not_negative)
     dedup_window: int = _setting(
@@ -289,13 +303,13 @@ class Settings:
         "INFO",
         _upper,
         "`DEBUG` (adds one line per request), `INFO`, `WARNING` or `ERROR`",
-        ok=_LOG_LEVELS.__contains__,
+        ok=_one_of(*_LOG_LEVELS),
     )
     workers: int = _setting(
         1,
         _int,
         "processes sharing the webhook port (1 to 64); `relay serve --workers` overrides it",
-        ok=lambda value: 1 <= value <= _MAX_WORKERS,
+        ok=_between(1, _MAX_WORKERS),
     )
     spool_dir: Path | None = _setting(
         None,
@@ -334,9 +348,10 @@ class Settings:
             explicit = environ.get(CONFIG_FILE_VARIABLE)
             path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
             values = _read_file(path, required=bool(explicit))
+        check_variables(environ)
         for name, spec in specs():
             variable = f"RELAY_{name.upper()}"
-            if variable in environ:
+            if variable in environ and not is_service_link(variable, environ[variable]):
                 values[name] = _cast(variable, environ[variable].strip(), spec.cast)
         password_file = values.get("kafka_sasl_password_file")
         if isinstance(password_file, Path) and values.get("kafka_sasl_password") is None:
@@ -351,21 +366,30 @@ class Settings:
         return cls.load(environ, use_file=False)
 
     def validate(self) -> None:
-        """Check ranges and combinations; raise ConfigError naming the setting."""
+        """Check ranges and combinations; raise ConfigError naming the setting and its range."""
         for name, spec in specs():
-            if spec.ok is not None and not spec.ok(getattr(self, name)):
-                raise ConfigError(f"{_describe(self, name)}: out of range or not allowed")
+            if spec.ok is not None and not spec.ok.check(getattr(self, name)):
+                raise ConfigError(f"{_describe(self, name)}: out of range; allowed: {spec.ok.text}")
         # The rules that tie one setting to another.
-        for name, ok in (
-            ("shutdown_grace_s", self.shutdown_grace_s > self.drain_delay_s),
-            ("spool_segment_bytes", self.spool_segment_bytes <= self.spool_max_bytes),
+        for name, ok, allowed in (
+            (
+                "shutdown_grace_s",
+                self.shutdown_grace_s > self.drain_delay_s,
+                f"above RELAY_DRAIN_DELAY_S ({self.drain_delay_s})",
+            ),
+            (
+                "spool_segment_bytes",
+                self.spool_segment_bytes <= self.spool_max_bytes,
+                f"at most RELAY_SPOOL_MAX_BYTES ({self.spool_max_bytes})",
+            ),
             (
                 "spool_after_ms",
                 self.spool_dir is None or 0 < self.spool_after_ms <= self.ack_timeout_ms,
+                f"1 to RELAY_ACK_TIMEOUT_MS ({self.ack_timeout_ms})",
             ),
         ):
             if not ok:
-                raise ConfigError(f"{_describe(self, name)}: out of range or not allowed")
+                raise ConfigError(f"{_describe(self, name)}: out of range; allowed: {allowed}")
         if self.workers > 1 and self.http_port == 0:
             # Each worker would bind a port of its own choosing instead of sharing one.
             raise ConfigError("RELAY_WORKERS above 1 needs a fixed RELAY_HTTP_PORT, not 0")
@@ -384,6 +408,62 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ConfigError(f"{_describe(self, name)}: no such file")
+
+
+#: The variables Kubernetes puts in every pod for every Service of the namespace (unless the
+#: pod says ``enableServiceLinks: false``, as the chart's does): a Service named ``relay``
+#: gives ``RELAY_SERVICE_HOST=10.0.0.7``, ``RELAY_PORT=tcp://10.0.0.7:8080``,
+#: ``RELAY_PORT_8080_TCP_ADDR=10.0.0.7`` and so on, and one named ``relay-metrics`` gives
+#: ``RELAY_METRICS_PORT=tcp://...``, the name of a setting. Recognised by name and value.
+_SERVICE_LINK_NAME: Final = re.compile(
+    r"(?:_SERVICE_HOST|_SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|_PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$"
+)
+_SERVICE_LINK_URL: Final = re.compile(r"(tcp|udp|sctp)://[^\s/]+:[0-9]+")
+
+
+def is_service_link(variable: str, value: str) -> bool:
+    """Whether ``variable=value`` has the shape of a Kubernetes service-link variable."""
+    match = _SERVICE_LINK_NAME.search(variable)
+    if match is None:
+        return False
+    suffix = match.group(0)
+    if suffix.endswith(("_TCP_PROTO", "_UDP_PROTO", "_SCTP_PROTO")):
+        return value in ("tcp", "udp", "sctp")
+    if suffix.endswith("_PORT") and not suffix.startswith("_SERVICE"):
+        if re.fullmatch(r"_PORT_[0-9]+_(TCP|UDP|SCTP)_PORT", suffix):
+            return value.isdigit()
+        return _SERVICE_LINK_URL.fullmatch(value) is not None  # RELAY_PORT, RELAY_X_PORT
+    if suffix.startswith("_SERVICE_PORT"):
+        return value.isdigit()
+    if suffix.endswith(("_TCP", "_UDP", "_SCTP")):
+        return _SERVICE_LINK_URL.fullmatch(value) is not None
+    return bool(value) and " " not in value  # _SERVICE_HOST, _ADDR: an address
+
+
+def known_variables() -> list[str]:
+    """Every ``RELAY_*`` variable the relay reads."""
+    return [CONFIG_FILE_VARIABLE, *(f"RELAY_{name.upper()}" for name, _ in specs())]
+
+
+def check_variables(environ: Mapping[str, str]) -> None:
+    """Refuse a ``RELAY_*`` variable that is no setting, naming the nearest one.
+
+    ``RELAY_PUBLIC_KEY`` (singular) or ``RELAY_HTTP_PROT`` would otherwise be ignored, and
+    the relay would start, and answer 401 to every delivery. Kubernetes' service-link
+    variables (:func:`is_service_link`) are not settings and pass.
+    """
+    known = known_variables()
+    for variable in sorted(environ):
+        if not variable.startswith("RELAY_") or variable in known:
+            continue
+        if is_service_link(variable, environ[variable].strip()):
+            continue
+        nearest = difflib.get_close_matches(variable, known, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {nearest[0]}?" if nearest else "the README's Settings table lists them"
+        )
+        raise ConfigError(f"{variable}: no such setting; {hint}")
 
 
 def specs() -> Iterator[tuple[str, Spec]]:
@@ -433,7 +513,9 @@ def _read_file(path: Path, *, required: bool) -> dict[str, object]:
                 f"{path}: {name} is a secret: set RELAY_{name.upper()} or {name}_file instead"
             )
         if name not in known:
-            raise ConfigError(f"{path}: unknown setting {name!r}")
+            nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {nearest[0]}?" if nearest else ""
+            raise ConfigError(f"{path}: unknown setting {name!r}{hint}")
         values[name] = _cast(f"{path}: {name}", _as_text(raw), known[name].cast)
     return values
 

@@ -364,6 +364,8 @@ def test_security_context_is_hardened(values_file: Path | None) -> None:
         assert context["capabilities"] == {"drop": ["ALL"]}
     account = only(objects, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
+    # No RELAY_PORT=tcp://... from a Service named relay (the relay accepts those anyway).
+    assert pod_template(objects)["spec"]["enableServiceLinks"] is False
     assert pod_template(objects)["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 

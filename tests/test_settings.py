@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import cli
 from relay.errors import ConfigError
 from relay.settings import SECRET_SETTINGS, Settings, readme_rows
 
@@ -95,7 +96,7 @@ def test_environment_beats_the_file_which_beats_defaults(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("htp_port = 1\n", "unknown setting 'htp_port'"),
+        ("htp_port = 1\n", "unknown setting 'htp_port'; did you mean http_port?"),
         ('kafka_sasl_password = "x"\n', "kafka_sasl_password is a secret"),
         ('http_port = "abc"\n', "http_port='abc'"),
         ("not toml [", "relay.toml"),
@@ -156,3 +157,86 @@ def test_tls_files_go_together(tmp_path: Path) -> None:
         Settings.from_env(
             {"RELAY_TLS_CERT_FILE": str(cert), "RELAY_TLS_KEY_FILE": str(tmp_path / "k")}
         )
+
+
+@pytest.mark.parametrize(
+    ("variable", "nearest"),
+    [
+        ("RELAY_PUBLIC_KEY", "RELAY_PUBLIC_KEYS"),
+        ("RELAY_HTTP_PROT", "RELAY_HTTP_PORT"),
+        ("RELAY_KAFKA_BOOTSTRAP_SERVER", "RELAY_KAFKA_BOOTSTRAP_SERVERS"),
+    ],
+)
+def test_a_misspelt_variable_is_an_error_naming_the_nearest_setting(
+    variable: str, nearest: str
+) -> None:
+    """A ``RELAY_*`` variable that is no setting stops the relay: "did you mean ...?"."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({variable: "8081"})
+    assert str(refused.value) == f"{variable}: no such setting; did you mean {nearest}?"
+
+
+def test_a_misspelt_variable_exits_2_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``relay check-config`` with ``RELAY_PUBLIC_KEY`` (singular): exit 2, the suggestion."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELAY_PUBLIC_KEY", "dev.pem")
+    assert cli.main(["check-config"]) == 2
+    assert capsys.readouterr().err == (
+        "relay: configuration error: RELAY_PUBLIC_KEY: no such setting; "
+        "did you mean RELAY_PUBLIC_KEYS?\n"
+    )
+
+
+def test_kubernetes_service_link_variables_are_accepted() -> None:
+    """Kubernetes' service-link variables are recognised by their shape and accepted.
+
+    Those of Services named ``relay``, ``relay-metrics`` and ``relay-hoopai-relay``: no
+    error, no setting changed.
+    """
+    injected = {
+        "RELAY_SERVICE_HOST": "10.96.0.7",
+        "RELAY_SERVICE_PORT": "8080",
+        "RELAY_SERVICE_PORT_HTTP": "8080",
+        "RELAY_PORT": "tcp://10.96.0.7:8080",
+        "RELAY_PORT_8080_TCP": "tcp://10.96.0.7:8080",
+        "RELAY_PORT_8080_TCP_PROTO": "tcp",
+        "RELAY_PORT_8080_TCP_PORT": "8080",
+        "RELAY_PORT_8080_TCP_ADDR": "10.96.0.7",
+        "RELAY_METRICS_SERVICE_HOST": "10.96.0.8",
+        "RELAY_METRICS_PORT": "tcp://10.96.0.8:9090",  # the name of a setting
+        "RELAY_HOOPAI_RELAY_SERVICE_PORT_METRICS": "9090",
+        "RELAY_HOOPAI_RELAY_PORT_9090_TCP_ADDR": "10.96.0.9",
+    }
+    assert Settings.from_env(injected) == Settings()
+    assert Settings.from_env({**injected, "RELAY_METRICS_PORT": "9191"}).metrics_port == 9191
+    with pytest.raises(ConfigError, match="RELAY_PORT: no such setting"):
+        Settings.from_env({"RELAY_PORT": "8080"})  # not the shape Kubernetes gives it
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"RELAY_HTTP_PORT": "70000"}, "RELAY_HTTP_PORT=70000: out of range; allowed: 0 to 65535"),
+        (
+            {"RELAY_UNAVAILABLE_STATUS": "500"},
+            "RELAY_UNAVAILABLE_STATUS=500: out of range; allowed: 429 or 503",
+        ),
+        (
+            {"RELAY_LOG_LEVEL": "loud"},
+            "RELAY_LOG_LEVEL=LOUD: out of range; allowed: DEBUG, INFO, WARNING or ERROR",
+        ),
+        ({"RELAY_WORKERS": "0"}, "RELAY_WORKERS=0: out of range; allowed: 1 to 64"),
+        ({"RELAY_MAX_BODY_BYTES": "0"}, "RELAY_MAX_BODY_BYTES=0: out of range; allowed: above 0"),
+        (
+            {"RELAY_DRAIN_DELAY_S": "30"},
+            "RELAY_SHUTDOWN_GRACE_S=25.0: out of range; allowed: above RELAY_DRAIN_DELAY_S (30.0)",
+        ),
+    ],
+)
+def test_out_of_range_errors_say_what_is_allowed(variables: dict[str, str], message: str) -> None:
+    """A value out of range is refused with the allowed values or the range."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(variables)
+    assert str(refused.value) == message
