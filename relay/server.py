@@ -25,11 +25,14 @@ import time
 from collections.abc import Callable, Coroutine
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from relay import appkeys
 from relay.app import create_app, create_metrics_app
 from relay.errors import ConfigError
 from relay.ingress import limits
+from relay.ingress.routing import all_topics
+from relay.ingress.signatures import Scheme, sourced_keys, spki_sha256
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,6 +123,34 @@ async def _start_on(
         ) from None
 
 
+def startup_fields(settings: Settings, app: web.Application) -> dict[str, object]:
+    """What the relay runs with, for its one start-up line: no secret, only what to check.
+
+    The keys it trusts (where each came from, its SPKI SHA-256), the schemes it verifies,
+    where Kafka is and how it is reached, and the topics it writes.
+    """
+    keys = []
+    for source, key in sourced_keys(settings.public_keys):
+        scheme = Scheme.ED25519 if isinstance(key, Ed25519PublicKey) else Scheme.RSA_SHA256
+        keys.append({"source": source, "scheme": scheme.value, "spki_sha256": spki_sha256(key)})
+    schemes = [Scheme.ED25519.value] if app[appkeys.KEYS].ed25519 else []
+    if settings.accept_legacy_rsa and app[appkeys.KEYS].rsa:
+        schemes.append(Scheme.RSA_SHA256.value)
+    kafka: dict[str, object] = {
+        "bootstrap": ",".join(settings.kafka_bootstrap_servers),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        kafka["sasl_mechanism"] = settings.kafka_sasl_mechanism
+    return {
+        "keys": keys,
+        "schemes": schemes,
+        "kafka": kafka,
+        "topics": sorted(all_topics(app[appkeys.ROUTES])),
+        "spool": str(settings.spool_dir) if settings.spool_dir is not None else "off",
+    }
+
+
 def _on_signal(stop: asyncio.Event) -> None:
     """The first SIGTERM/SIGINT starts the shutdown; a second one ends the process at once."""
     if not stop.is_set():
@@ -172,6 +203,7 @@ async def serve(settings: Settings, *, worker: bool = False) -> None:
         except BaseException:
             await runner.cleanup()
             raise
+    log.info("configuration", extra={"event": "startup", **startup_fields(settings, app)})
     log.info(
         "listening",
         extra={

@@ -332,6 +332,25 @@ async def test_send_to_a_relay_with_other_keys_exits_1(
     assert (status, answer["reason"]) == (401, "bad_signature")
 
 
+async def test_send_says_which_key_to_trust_after_bad_signature(
+    tmp_path: Path, dev_keys: tuple[Path, str], start_inprocess: StartRelay
+) -> None:
+    """After ``401 bad_signature``, send names the signing key's fingerprint and its .pem."""
+    folder, _ = dev_keys
+    relay = await start_inprocess()  # trusts the test session's keys, not these
+    out = await relay_cli_async(
+        "send", "--key", str(folder / "ed25519.key"), "--url", relay.webhook_url, cwd=tmp_path
+    )
+    assert out.returncode == 1
+    (fingerprint,) = [spki_sha256(k) for k in load_public_keys([folder / "ed25519.pem"]).ed25519]
+    assert out.stderr == (
+        "relay send: bad_signature: the relay does not trust the key that signed "
+        f"(SPKI SHA-256 {fingerprint}). Start it with that key's public half, as in "
+        f'RELAY_PUBLIC_KEYS={folder / "ed25519.pem"}; its start-up line ("configuration") '
+        "and `relay check-config` list the keys it trusts.\n"
+    )
+
+
 def test_send_type_list_exits_0_and_unknown_type_exits_2(tmp_path: Path) -> None:
     """``--type list`` prints every sample (exit 0); an unknown type prints them too (exit 2)."""
     listed = relay_cli("send", "--type", "list", cwd=tmp_path)

@@ -15,20 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-import localkafka
 from aiohttp.http_exceptions import BadHttpMessage
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay.ingress.signatures import load_public_keys, spki_sha256
 from relay.logs import LIBRARY_REPEATS, LibraryRepeats, MalformedRequests
-from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests import relayproc
 from tests.kafkautil import unique_topic
 from tests.relayutil import ROOT
 from tests.test_shutdown import start_serve
-
-#: how long the broker stays down in the outage test
-OUTAGE_S = 10.0
 
 
 def _record(error: BaseException) -> logging.LogRecord:
@@ -96,16 +90,6 @@ def _lines(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-async def _wait_for(log: Path, message: str, timeout_s: float = 60) -> dict[str, Any]:
-    """The first line whose message starts with ``message``, waiting up to ``timeout_s``."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            for line in _lines(log):
-                if line["message"].startswith(message):
-                    return line
-            await asyncio.sleep(0.2)
-
-
 def test_library_repeats_are_counted_not_printed() -> None:
     """The repeated outage, topic and coordinator errors of aiokafka are counted, not printed.
 
@@ -127,50 +111,30 @@ def test_library_repeats_are_counted_not_printed() -> None:
     assert repeats.take() == 0
 
 
-async def test_broker_outage_logs_each_state_change_once(
-    kafka_outage: localkafka.Cluster,
-    public_key_files: tuple[Path, ...],
-    ed25519_key: Ed25519PrivateKey,
-    tmp_path: Path,
+def test_one_start_up_line_says_what_the_relay_trusts_and_where_it_writes(
+    public_key_files: tuple[Path, ...], tmp_path: Path
 ) -> None:
-    """A real ``relay serve`` whose broker stops for 10 s writes a handful of lines.
-
-    One "kafka unreachable", one "reachable again" with the outage's length and the library
-    errors it counted; no aiokafka error at all, nor for the first send to a new topic.
-    """
-    node = kafka_outage.nodes[0]
+    """One "configuration" line: keys with source and SPKI SHA-256, schemes, Kafka, topics."""
+    prefix = unique_topic("startup")
     with relayproc.serve(
-        kafka_outage.bootstrap,
-        public_key_files,
-        tmp_path,
-        unique_topic("quiet"),
-        ready_check_interval_s="0.5",
-        drain_delay_s="0",
+        "127.0.0.1:1", public_key_files, tmp_path, prefix, accept_legacy_rsa="true"
     ) as relay:
-        await _wait_for(relay.log, "kafka reachable")
-        body = as_delivery({"type": "ContactCreate", "locationId": "loc-quiet"})
-        headers = {"X-GHL-Signature": sign_ed25519(ed25519_key, body)}
-        async with (
-            aiohttp.ClientSession() as http,  # its topic does not exist yet
-            http.post(relay.webhook_url, data=body, headers=headers) as response,
-        ):
-            assert response.status == 200, await response.text()
-        before = len(_lines(relay.log))
-        localkafka.kill_node(kafka_outage, node, signal.SIGTERM)
-        try:
-            await asyncio.sleep(OUTAGE_S)
-            during = _lines(relay.log)[before:]
-        finally:
-            localkafka.start_node(kafka_outage, node)
-            localkafka.wait_ready(kafka_outage)
-        again = await _wait_for(relay.log, "kafka reachable again")
-    lines = _lines(relay.log)
-    print(f"{len(during)} lines in the {OUTAGE_S:.0f} s outage: {[x['message'] for x in during]}")
-    assert len(during) <= 3, during
-    assert [x["message"] for x in lines].count("kafka unreachable") == 1
-    assert next(x for x in lines if x["message"] == "kafka unreachable")["level"] == "warning"
-    assert again["level"] == "info"
-    assert again["outage_s"] >= OUTAGE_S - 1
-    assert again["client_errors_not_logged"] > 0
-    library = [x for x in lines if x["logger"].startswith("aiokafka")]
-    assert not [x for x in library if x["level"] in ("warning", "error")], library
+        lines = _lines(relay.log)
+    (line,) = [x for x in lines if x["message"] == "configuration"]
+    assert line["level"] == "info"
+    assert line["event"] == "startup"
+    expected = []
+    for path in public_key_files:
+        keys = load_public_keys([path])
+        for scheme, key in [("ed25519", k) for k in keys.ed25519] + [
+            ("rsa-sha256", k) for k in keys.rsa
+        ]:
+            expected.append(
+                {"source": str(path), "scheme": scheme, "spki_sha256": spki_sha256(key)}
+            )
+    assert line["keys"] == expected
+    assert line["schemes"] == ["ed25519", "rsa-sha256"]
+    assert line["kafka"] == {"bootstrap": "127.0.0.1:1", "security_protocol": "PLAINTEXT"}
+    assert f"{prefix}.contacts" in line["topics"]
+    assert f"{prefix}.deadletter" in line["topics"]
+    assert line["spool"] == "off"

@@ -22,7 +22,7 @@ from aiohttp import hdrs, web
 
 from relay import appkeys
 from relay.delivery import Spooled
-from relay.errors import Overloaded, ProduceFailed, PublishError
+from relay.errors import NotConnected, Overloaded, ProduceFailed, PublishError
 from relay.ingress.body import Refused, read_body
 from relay.ingress.intake import Intake, intake
 from relay.ingress.routing import Kind, metric_type
@@ -152,7 +152,10 @@ async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answ
     except PublishError as exc:
         if isinstance(exc, ProduceFailed):
             metrics.producer_errors.labels(error=exc.kafka_error).inc()
-        log.warning("not acknowledged", extra={"cause": exc.label, "detail": str(exc)})
+        # Kafka known to be down is one "kafka unreachable" line, not one line per request:
+        # each still counts in relay_unavailable_requests_total{cause="not_connected"}.
+        level = logging.DEBUG if isinstance(exc, NotConnected) else logging.WARNING
+        log.log(level, "not acknowledged", extra={"cause": exc.label, "detail": str(exc)})
         return _retryable(settings, metrics, exc.label, event_type)
     app[appkeys.RECENT_IDS].add(taken.ce_id)
     if isinstance(receipt, Spooled):

@@ -212,16 +212,34 @@ def _key_set(keys: Sequence[Ed25519PublicKey | RSAPublicKey]) -> KeySet:
     )
 
 
-def load_public_keys(paths: Sequence[Path]) -> KeySet:
-    """Load PEM public keys (one per file); the scheme follows from each key's type."""
-    parsed: list[Ed25519PublicKey | RSAPublicKey] = []
+def sourced_keys(paths: Sequence[Path]) -> list[tuple[str, Ed25519PublicKey | RSAPublicKey]]:
+    """Each key of the PEM files ``paths``, or the published ones, with where it came from.
+
+    One key per file; an empty ``paths`` means the published HighLevel keys. The source is
+    what the start-up line names.
+    """
+    if not paths:
+        folder = resources.files("relay.ingress").joinpath("keys")
+        published = []
+        for name in _DEFAULT_KEY_FILES:
+            source = f"relay/ingress/keys/{name}"
+            published.append((source, _parse_key(folder.joinpath(name).read_bytes(), source)))
+        return published
+    parsed = []
     for path in paths:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise KeyFileError(f"{path}: unreadable ({exc.strerror or exc})") from exc
-        parsed.append(_parse_key(data, str(path)))
-    return _key_set(parsed)
+        parsed.append((str(path), _parse_key(data, str(path))))
+    return parsed
+
+
+def load_public_keys(paths: Sequence[Path]) -> KeySet:
+    """Load PEM public keys (one per file); the scheme follows from each key's type."""
+    if not paths:
+        return _key_set([])  # not the published keys: those are default_keys()
+    return _key_set([key for _, key in sourced_keys(paths)])
 
 
 _DEFAULT_KEY_FILES = ("highlevel-ed25519.pem", "highlevel-rsa.pem")
@@ -229,9 +247,4 @@ _DEFAULT_KEY_FILES = ("highlevel-ed25519.pem", "highlevel-rsa.pem")
 
 def default_keys() -> KeySet:
     """Load the HighLevel public keys shipped as package data in ``relay/ingress/keys``."""
-    folder = resources.files("relay.ingress").joinpath("keys")
-    parsed = [
-        _parse_key(folder.joinpath(name).read_bytes(), f"relay/ingress/keys/{name}")
-        for name in _DEFAULT_KEY_FILES
-    ]
-    return _key_set(parsed)
+    return _key_set([key for _, key in sourced_keys(())])

@@ -233,11 +233,23 @@ class Publisher:
             await self._producer.stop()
             self._producer = None
 
+    @property
+    def known_down(self) -> bool:
+        """Whether the readiness probe found the cluster unreachable (after having reached it)."""
+        return self._unreachable_since is not None
+
     async def publish(self, record: Record, deadline: float) -> Acked:
-        """Send ``record`` and wait for its ack until ``deadline`` (event-loop time)."""
+        """Send ``record`` and wait for its ack until ``deadline`` (event-loop time).
+
+        While the probe says the cluster is unreachable, NotConnected at once: waiting out
+        the deadline would only hold the sender 4 s for the same retryable answer (and,
+        with the spool, delay the append that makes the record durable).
+        """
         producer = self._producer
         if producer is None:
             raise NotConnected("the producer has not reached the cluster yet")
+        if self.known_down:
+            raise NotConnected("kafka unreachable (readiness probe)")
         try:
             async with asyncio.timeout_at(deadline):
                 delivery = await producer.send(

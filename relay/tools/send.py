@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from relay.ingress.signatures import spki_sha256
 from relay.tools.deliveries import as_delivery, sign_ed25519, sign_rsa
 from relay.tools.show import one_line
 
@@ -45,6 +46,8 @@ class Signer:
     """A private key and the signature header that goes with its scheme."""
 
     key: Ed25519PrivateKey | RSAPrivateKey
+    #: the file it was read from, for the hint after a ``bad_signature``
+    path: Path | None = None
 
     @property
     def header(self) -> str:
@@ -76,7 +79,7 @@ def load_signer(path: Path, *, legacy_rsa: bool) -> Signer:
         raise SendError(f"--key {path}: an RSA key signs the legacy header: add --rsa")
     if not isinstance(key, Ed25519PrivateKey | RSAPrivateKey):
         raise SendError(f"--key {path}: {type(key).__name__} is neither Ed25519 nor RSA")
-    return Signer(key)
+    return Signer(key, path)
 
 
 def bodies(raw: bytes, *, location: str | None = None) -> tuple[Bodies, bool]:
@@ -121,6 +124,29 @@ def tls_option(url: str, *, cafile: Path | None, insecure: bool) -> ssl.SSLConte
         raise SendError(f"--cafile {cafile}: {exc}") from None
 
 
+def bad_signature_hint(signer: Signer) -> str:
+    """What to do when the relay answered ``bad_signature``: it trusts another key."""
+    fingerprint = spki_sha256(signer.key.public_key())
+    public = signer.path.with_suffix(".pem") if signer.path is not None else None
+    trust = f"RELAY_PUBLIC_KEYS={public}" if public is not None else "RELAY_PUBLIC_KEYS"
+    return (
+        f"relay send: bad_signature: the relay does not trust the key that signed "
+        f"(SPKI SHA-256 {fingerprint}). Start it with that key's public half, as in "
+        f'{trust}; its start-up line ("configuration") and `relay check-config` list '
+        "the keys it trusts."
+    )
+
+
+def _is_bad_signature(status: int, answer: str) -> bool:
+    if status != 401:
+        return False
+    try:
+        parsed = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("reason") == "bad_signature"
+
+
 async def deliver(
     url: str,
     make_body: Bodies,
@@ -129,12 +155,15 @@ async def deliver(
     count: int = 1,
     tls: ssl.SSLContext | bool = True,
     out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
 ) -> bool:
     """POST ``count`` signed bodies one after the other; print ``<status> <answer>`` for each.
 
     True if every answer was 2xx. Stops at the first delivery that gets no answer at all.
+    After a ``401 bad_signature``, says once on ``err`` which key the relay should trust.
     """
     all_ok = True
+    hinted = False
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     connector = aiohttp.TCPConnector(ssl=tls)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -151,4 +180,7 @@ async def deliver(
                 return False
             print(f"{response.status} {one_line(answer.strip())}", file=out, flush=True)
             all_ok = all_ok and 200 <= response.status < 300
+            if not hinted and _is_bad_signature(response.status, answer):
+                print(bad_signature_hint(signer), file=err, flush=True)
+                hinted = True
     return all_ok
