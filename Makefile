@@ -4,6 +4,7 @@
 
 KAFKA_VERSION ?= 4.1.1
 HELM_VERSION ?= v3.19.0
+TOXIPROXY_VERSION ?= v2.12.0
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,11 +18,15 @@ HELM := $(HELM_DIR)/helm
 PROMETHEUS_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hoopai-relay/prometheus-deb
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
-export KAFKA_VERSION HELM PROMETHEUS PROMTOOL
+# Toxiproxy (Shopify's TCP fault proxy) for the network fault tests, built like Helm.
+# `go install` names the binary after its package directory: cmd/server.
+TOXIPROXY_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hoopai-relay/toxiproxy-$(TOXIPROXY_VERSION)
+TOXIPROXY := $(TOXIPROXY_DIR)/server
+export KAFKA_VERSION HELM PROMETHEUS PROMTOOL TOXIPROXY
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
         kafka-secure-up kafka-secure-down \
-        kafka-logs helm prometheus image-tools image lint lock test run demo demo-stop bench soak chaos clean
+        kafka-logs helm prometheus image-tools image toxiproxy lint lock test run demo demo-stop bench soak chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -80,6 +85,11 @@ $(PROMTOOL):
 	rm -rf $(PROMETHEUS_DIR) && mv $(PROMETHEUS_DIR).tmp $(PROMETHEUS_DIR)
 	$(PROMTOOL) --version
 
+toxiproxy: $(TOXIPROXY)  ## build the pinned Toxiproxy with Go (once, cached in ~/.cache)
+
+$(TOXIPROXY):
+	GOBIN=$(TOXIPROXY_DIR) go install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
+
 # buildah, podman, mmdebstrap and runc (Debian packages of the same names) build and run
 # the image without a Docker engine. Installed only where missing, and only as root with
 # apt; elsewhere this says what is missing and the image tests skip, saying so too.
@@ -124,7 +134,7 @@ lock: venv  ## regenerate requirements.lock and requirements-build.lock (the ima
 # The pytest fixtures bring up the broker (and the cluster, for the tests that need it)
 # and stop only what they started: a broker you started with `make kafka-up` stays up.
 # HOOPAI_IMAGE=1: the image tests too (tests/test_image.py; about 1 to 3 min warm).
-test: venv kafka-fetch helm prometheus image-tools lint  ## lint, then every test against real brokers
+test: venv kafka-fetch helm prometheus image-tools toxiproxy lint  ## lint, then every test against real brokers
 	HOOPAI_IMAGE=1 $(BIN)/pytest
 
 # On 127.0.0.1 unless RELAY_HTTP_HOST says otherwise: a dev machine's relay is for itself.
@@ -161,7 +171,7 @@ SOAK_ARGS ?=
 soak: venv $(BIN)/.bench-installed kafka-up  ## memory over 10 minutes at 50% of the max (needs wrk)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-chaos: venv kafka-fetch  ## the long reliability runs; see docs/reliability.md
+chaos: venv kafka-fetch toxiproxy  ## the long reliability runs; see docs/reliability.md
 	HOOPAI_CHAOS=1 $(BIN)/pytest -m chaos -s -q
 
 clean:  ## remove the virtualenv and caches (not the Kafka jar cache)

@@ -70,6 +70,8 @@ OAUTH_AUDIENCE = "hoopai-relay-kafka"
 #: connection is closed at its first request after that, so a client has to come back with
 #: a fresh token, as with a managed cluster. The token, not this hour, is what ends a session.
 _OAUTH_MAX_REAUTH_MS = 3_600_000
+# The brokers' own listener on a proxied cluster: replication bypasses the proxies.
+_INTERNAL_LISTENER = "INTERNAL"
 
 # Brokers this process started. Kept so they are reaped on stop and not garbage-collected
 # while running (Popen warns about that); the pid files stay the source of truth.
@@ -107,11 +109,22 @@ class Node:
     sasl_port: int | None = None
     #: the TLS listeners, if the node has them (the secure cluster)
     tls: TlsPorts | None = None
+    #: the port advertised to clients instead of ``port``: a proxy in front of the broker
+    #: (Toxiproxy, for the network fault tests), which forwards to ``port``
+    proxy_port: int | None = None
+    #: a listener of its own for the brokers' traffic with each other, so that a fault
+    #: injected between the clients and ``proxy_port`` never reaches replication
+    internal_port: int | None = None
 
     @property
     def has_scram_user(self) -> bool:
         """Whether formatting adds the SCRAM user (a SASL listener takes SCRAM)."""
         return self.sasl_port is not None or self.tls is not None
+
+    @property
+    def client_port(self) -> int:
+        """Where clients connect: the proxy if the node has one, else the broker itself."""
+        return self.proxy_port if self.proxy_port is not None else self.port
 
 
 @dataclass(frozen=True)
@@ -125,8 +138,8 @@ class Cluster:
 
     @property
     def bootstrap(self) -> str:
-        """The bootstrap list a client uses."""
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        """The bootstrap list a client uses (through the proxies, for a proxied cluster)."""
+        return ",".join(f"127.0.0.1:{n.client_port}" for n in self.nodes)
 
     @property
     def sasl_bootstrap(self) -> str | None:
@@ -190,6 +203,27 @@ def _clusters(o: int) -> dict[str, Cluster]:
         ),
         # Stopped by the Prometheus alert tests (tests/test_prometheus.py), for the same reason.
         "alerts": Cluster("alerts", (Node(1, 29094 + o, 29095 + o),), 1, 1),
+        # The network fault tests (tests/test_netfault.py): clients reach each broker only
+        # through a Toxiproxy proxy (21391+i), which the brokers advertise; the brokers
+        # replicate over a listener of their own (21291+i), outside the proxies. Only
+        # metadata_brokers() and wait_ready() use ``port`` (21091+i) directly. Toxiproxy's
+        # API is on 21474 (tests/toxiproxy.py). No other cluster's ports, even under another
+        # checkout's offset of up to 3000.
+        "netfault": Cluster(
+            "netfault",
+            tuple(
+                Node(
+                    i,
+                    21091 + i + o,
+                    21191 + i + o,
+                    proxy_port=21391 + i + o,
+                    internal_port=21291 + i + o,
+                )
+                for i in (1, 2, 3)
+            ),
+            replication_factor=3,
+            min_insync_replicas=2,
+        ),
     }
 
 
@@ -325,6 +359,11 @@ def _properties(cluster: Cluster, node: Node, data: Path) -> str:
     rf, isr = cluster.replication_factor, cluster.min_insync_replicas
     listeners = [f"PLAINTEXT://127.0.0.1:{node.port}"]
     protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    inter_broker = "PLAINTEXT"
+    if node.internal_port is not None:
+        inter_broker = _INTERNAL_LISTENER
+        listeners.append(f"{_INTERNAL_LISTENER}://127.0.0.1:{node.internal_port}")
+        protocols.append(f"{_INTERNAL_LISTENER}:PLAINTEXT")
     sasl: dict[str, object] = {}
     if node.sasl_port is not None:
         # Clients only: brokers and controllers keep talking PLAINTEXT to each other.
@@ -337,14 +376,17 @@ def _properties(cluster: Cluster, node: Node, data: Path) -> str:
     tls: dict[str, object] = {}
     if node.tls is not None:
         tls = _tls_properties(cluster, node.tls, listeners, protocols)
+    # Each listener advertises itself, but the first (PLAINTEXT) one of a proxied node,
+    # which advertises the proxy in front of it.
+    advertised = [f"PLAINTEXT://127.0.0.1:{node.client_port}", *listeners[1:]]
     props = {
         "process.roles": "broker,controller",
         "node.id": node.node_id,
         "controller.quorum.voters": voters,
         "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{node.controller_port}"]),
-        "advertised.listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": inter_broker,
         "listener.security.protocol.map": ",".join(protocols),
         **sasl,
         **tls,
@@ -487,6 +529,38 @@ def _java(
         main,
         *args,
     ]
+
+
+_TOOLS_LOG4J2 = """\
+status = warn
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = STDERR
+"""
+
+
+def run_tool(cluster: Cluster, main: str, *args: str, timeout_s: float = 120) -> str:
+    """Run one of Kafka's command-line tools (the kafka-tools jar) against ``cluster``.
+
+    ``main`` is the tool's class, e.g. ``org.apache.kafka.tools.LeaderElectionCommand``;
+    ``--bootstrap-server`` is added. Returns its standard output; a failure raises.
+    """
+    libs = fetch()
+    tools = home() / cluster.name / "tools"
+    tools.mkdir(parents=True, exist_ok=True)
+    (tools / "log4j2.properties").write_text(_TOOLS_LOG4J2)
+    cmd = _java(libs, tools, main, "--bootstrap-server", cluster.bootstrap, *args)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise KafkaHarnessError(f"{main} did not finish in {timeout_s:.0f}s") from None
+    if out.returncode != 0:
+        raise KafkaHarnessError(f"{main} {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+    return out.stdout
 
 
 def _prepare(cluster: Cluster, node: Node, libs: Path) -> Path:

@@ -296,6 +296,26 @@ async def watch(
     return samples
 
 
+async def loop_lag(
+    stop: asyncio.Event, every_s: float = 0.1, stalls: list[tuple[float, float]] | None = None
+) -> float:
+    """The longest this event loop was late to wake a sleeper, in seconds, until ``stop``.
+
+    The load's clock runs on this loop: a stall here delays the answers it measures (and an
+    in-process relay's own work), so the tests report it beside the slowest answer. Each
+    stall over 50 ms goes into ``stalls`` as (when it ended, how long), if given.
+    """
+    worst = 0.0
+    while not stop.is_set():
+        began = time.monotonic()
+        await asyncio.sleep(every_s)
+        late = time.monotonic() - began - every_s
+        worst = max(worst, late)
+        if stalls is not None and late > 0.05:
+            stalls.append((time.monotonic(), late))
+    return worst
+
+
 @dataclass
 class ReadinessProbe:
     """``/readyz``'s status (0 when it did not answer), as a number for :func:`watch`."""

@@ -33,6 +33,7 @@ from relay.settings import Settings
 from tests.inprocess import serve_inprocess
 from tests.kafkautil import unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay
+from tests.toxiproxy import NetFault, proxy_cluster
 
 #: fixture -> marker; the alerts broker is stopped like the outage one, so it shares its marker
 KAFKA_FIXTURES = {
@@ -41,6 +42,7 @@ KAFKA_FIXTURES = {
     "kafka_outage": "outage",
     "kafka_secure": "secure",
     "kafka_alerts": "outage",
+    "netfault": "netfault",
 }
 
 
@@ -74,6 +76,7 @@ def pytest_runtest_makereport(
             ("kafka_outage", "outage"),
             ("kafka_secure", "secure"),
             ("kafka_alerts", "alerts"),
+            ("netfault", "netfault"),
         ):
             if fixture in getattr(item, "fixturenames", ()):
                 cluster = localkafka.CLUSTERS[cluster_name]
@@ -138,6 +141,24 @@ def kafka_alerts() -> Iterator[localkafka.Cluster]:
     yield cluster
     if started:
         localkafka.down(cluster)
+
+
+@pytest.fixture(scope="session")
+def netfault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetFault]:
+    """Three brokers (RF 3, min ISR 2) that clients reach only through Toxiproxy.
+
+    The network fault tests (tests/test_netfault.py) add toxics to the proxies and stop
+    brokers; the brokers replicate outside the proxies. The server runs for the session.
+    """
+    cluster = localkafka.CLUSTERS["netfault"]
+    proxy = proxy_cluster(cluster, tmp_path_factory.mktemp("toxiproxy") / "toxiproxy.log")
+    try:
+        started = localkafka.up(cluster)
+        yield NetFault(cluster, proxy)
+        if started:
+            localkafka.down(cluster)
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="session")
