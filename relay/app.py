@@ -22,6 +22,7 @@ from relay.ingress.admission import Admission
 from relay.ingress.dedup import RecentIds
 from relay.ingress.routing import Routes, RoutesError, all_topics, load_routes
 from relay.ingress.signatures import KeyFileError, KeySet, default_keys, load_public_keys
+from relay.kafka import options as kafka_options
 from relay.kafka.direct import Direct
 from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics, in_files
@@ -58,7 +59,12 @@ async def _stop(task: asyncio.Task[None]) -> None:
 async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     """The producer, connected in the background; the direct delivery unless a spool follows."""
     settings = app[appkeys.SETTINGS]
-    publisher = Publisher(settings, all_topics(app[appkeys.ROUTES]))
+    tokens = app[appkeys.METRICS].oauth_token_fetches
+    publisher = Publisher(
+        settings,
+        all_topics(app[appkeys.ROUTES]),
+        on_token_fetch=lambda outcome: tokens.labels(outcome=outcome).inc(),
+    )
     app[appkeys.PUBLISHER] = publisher
     app[appkeys.DELIVERY] = Direct(publisher)
     # Connect in the background: the listener comes up at once and answers the retryable
@@ -119,6 +125,7 @@ def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Appl
     app[appkeys.SETTINGS] = settings
     app[appkeys.KEYS] = load_keys(settings)
     app[appkeys.ROUTES] = load_routing(settings)
+    kafka_options.ssl_context(settings)  # bad Kafka TLS files stop the start here (exit 2)
     app[appkeys.METRICS] = metrics
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
     app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)

@@ -15,6 +15,8 @@ from aiokafka.errors import KafkaError
 from relay import __version__, logs, workers
 from relay.app import load_keys, load_routing
 from relay.errors import ConfigError
+from relay.kafka.check import KafkaLoginError
+from relay.kafka.oauth import TokenError
 from relay.server import run_event_loop, serve, tls_context
 from relay.settings import Settings
 from relay.tools import checkconfig, keygen, send, tail
@@ -289,6 +291,9 @@ def _tail(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except (KafkaLoginError, TokenError) as exc:
+        print(f"relay tail: {exc}", file=sys.stderr)  # names the broker and the cause
+        return 1
     except KafkaError as exc:
         servers = ",".join(settings.kafka_bootstrap_servers)
         print(f"relay tail: Kafka at {servers}: {exc}", file=sys.stderr)

@@ -79,6 +79,12 @@ class Metrics:
             ["error"],
             registry=r,
         )
+        self.oauth_token_fetches = Counter(
+            "relay_kafka_oauth_token_fetches",
+            "OAUTHBEARER tokens asked of the token endpoint, by outcome (ok, refused, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "relay_request_duration_seconds",
             "Time from the request's headers to its answer, by outcome.",

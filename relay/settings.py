@@ -3,7 +3,8 @@
 Precedence: a ``RELAY_<NAME>`` variable beats the key ``<name>`` of the config file, which
 beats the default. Nothing else in the relay reads the environment. A bad value fails
 loudly, naming the setting and the value, so the relay exits 2 before it binds a port.
-Secrets (the SASL password) come from the environment or a file, never the config file.
+Secrets (the SASL password, the OAuth client secret) come from the environment or a file,
+never the config file.
 
 Each setting is declared once, as a field of :class:`Settings` made by :func:`_setting`:
 its default, how its text is cast, the range it must be in, and its row of the README's
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
 
@@ -34,9 +36,13 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_WORKERS = 64  # one per core; more only multiplies producers and broker connections
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 #: settings that may only come from the environment (or a file named in the config)
-SECRET_SETTINGS = frozenset({"kafka_sasl_password"})
+SECRET_SETTINGS = frozenset({"kafka_sasl_password", "kafka_oauth_client_secret"})
+#: the secret settings that may come from a file instead, each named ``<secret>_file``
+_SECRET_FILES = {name: f"{name}_file" for name in sorted(SECRET_SETTINGS)}
+# Where a client secret may go over plain HTTP: only to this host itself.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: settings naming a file that must exist when set
 _FILE_SETTINGS = (
     "tls_cert_file",
@@ -45,6 +51,7 @@ _FILE_SETTINGS = (
     "kafka_ssl_certfile",
     "kafka_ssl_keyfile",
     "kafka_sasl_password_file",
+    "kafka_oauth_client_secret_file",
 )
 
 
@@ -249,10 +256,10 @@ class Settings:
     kafka_sasl_mechanism: str = _setting(
         "PLAIN",
         _upper,
-        "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`",
+        "`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`",
         ok=_one_of(*_SASL_MECHANISMS),
     )
-    kafka_sasl_username: str | None = _setting(None, _optional_text, "SASL user")
+    kafka_sasl_username: str | None = _setting(None, _optional_text, "SASL user (PLAIN, SCRAM)")
     kafka_sasl_password: str | None = _setting(
         None,
         _optional_text,
@@ -261,6 +268,32 @@ class Settings:
     )
     kafka_sasl_password_file: Path | None = _setting(
         None, _optional_path, "file holding the SASL password (a mounted Secret), read once"
+    )
+    kafka_ssl_check_hostname: bool = _setting(
+        True,
+        _bool,
+        "verify that a broker's certificate is for the host name connected to (SSL, SASL_SSL)",
+    )
+    kafka_oauth_token_endpoint: str | None = _setting(
+        None,
+        _optional_text,
+        "OAUTHBEARER: the OAuth 2.0 token endpoint (client-credentials grant), `https://` "
+        "(`http://` only to 127.0.0.1 or localhost)",
+    )
+    kafka_oauth_client_id: str | None = _setting(None, _optional_text, "OAUTHBEARER: the client id")
+    kafka_oauth_client_secret: str | None = _setting(
+        None,
+        _optional_text,
+        "OAUTHBEARER: the client secret: environment only, never in the config file",
+        secret=True,
+    )
+    kafka_oauth_client_secret_file: Path | None = _setting(
+        None,
+        _optional_path,
+        "file holding the OAuth client secret (a mounted Secret), read once",
+    )
+    kafka_oauth_scope: str | None = _setting(
+        None, _optional_text, "OAUTHBEARER: the scope asked for"
     )
     kafka_linger_ms: int = _setting(0, _int, "producer linger", ok=_not_negative)
     ack_timeout_ms: int = _setting(
@@ -353,9 +386,10 @@ class Settings:
             variable = f"RELAY_{name.upper()}"
             if variable in environ and not is_service_link(variable, environ[variable]):
                 values[name] = _cast(variable, environ[variable].strip(), spec.cast)
-        password_file = values.get("kafka_sasl_password_file")
-        if isinstance(password_file, Path) and values.get("kafka_sasl_password") is None:
-            values["kafka_sasl_password"] = _read_secret(password_file)
+        for secret, file_setting in _SECRET_FILES.items():
+            secret_file = values.get(file_setting)
+            if isinstance(secret_file, Path) and values.get(secret) is None:
+                values[secret] = _read_secret(file_setting, secret_file)
         settings = cls(**values)  # type: ignore[arg-type]  # each value was cast for its field
         settings.validate()
         return settings
@@ -395,9 +429,10 @@ class Settings:
             raise ConfigError("RELAY_WORKERS above 1 needs a fixed RELAY_HTTP_PORT, not 0")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("RELAY_TLS_CERT_FILE and RELAY_TLS_KEY_FILE go together")
-        if self.kafka_security_protocol.startswith("SASL") and not (
-            self.kafka_sasl_username and self.kafka_sasl_password
-        ):
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and self.kafka_sasl_mechanism == "OAUTHBEARER":
+            self._validate_oauth()
+        elif sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
             raise ConfigError(
                 f"RELAY_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 "RELAY_KAFKA_SASL_USERNAME and RELAY_KAFKA_SASL_PASSWORD(_FILE)"
@@ -408,6 +443,24 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ConfigError(f"{_describe(self, name)}: no such file")
+
+    def _validate_oauth(self) -> None:
+        """OAUTHBEARER: an endpoint reached safely, a client id and its secret."""
+        endpoint = self.kafka_oauth_token_endpoint
+        if not (endpoint and self.kafka_oauth_client_id and self.kafka_oauth_client_secret):
+            raise ConfigError(
+                "RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER needs RELAY_KAFKA_OAUTH_TOKEN_ENDPOINT, "
+                "RELAY_KAFKA_OAUTH_CLIENT_ID and RELAY_KAFKA_OAUTH_CLIENT_SECRET(_FILE)"
+            )
+        url = urlsplit(endpoint)
+        # The client secret goes to this URL: in the clear only to this very host.
+        if not url.hostname or not (
+            url.scheme == "https" or (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS)
+        ):
+            raise ConfigError(
+                f"RELAY_KAFKA_OAUTH_TOKEN_ENDPOINT={endpoint}: must be an https:// URL "
+                "(http:// only to 127.0.0.1 or localhost)"
+            )
 
 
 #: The variables Kubernetes puts in every pod for every Service of the namespace (unless the
@@ -520,12 +573,12 @@ def _read_file(path: Path, *, required: bool) -> dict[str, object]:
     return values
 
 
-def _read_secret(path: Path) -> str:
+def _read_secret(setting: str, path: Path) -> str:
     """A secret kept in a file (a mounted Kubernetes Secret), read once at start-up."""
     try:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"RELAY_KAFKA_SASL_PASSWORD_FILE={path}: {exc}") from None
+        raise ConfigError(f"RELAY_{setting.upper()}={path}: {exc}") from None
 
 
 def _as_text(raw: object) -> str:

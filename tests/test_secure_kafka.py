@@ -1,23 +1,33 @@
-"""The relay over SASL/SCRAM against the local broker's SCRAM listener; SASL_SSL client options."""
+"""The relay against real secure listeners, each mode publishing and reading back.
+
+SCRAM over plaintext on the single broker; SSL, mutual TLS, SASL_SSL PLAIN/SCRAM and
+OAUTHBEARER on the secure broker (dev/securekafka.py), where each refusal is also shown to be
+never 2xx, unready, and named in the log.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import localkafka
 import pytest
+import securekafka
+from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.kafka.options import client_options
-from relay.settings import Settings
+from relay.kafka.options import checked_options, client_options
+from relay.settings import SECRET_SETTINGS, Settings
+from relay.tools.consumer import EffectStore, consume_batch
 from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.certs import self_signed
-from tests.kafkautil import first_record
-from tests.relayutil import RunningRelay, StartRelay
+from tests.kafkautil import first_record, unique_topic
+from tests.relayutil import ROOT, RunningRelay, StartRelay
 
 SINGLE = localkafka.CLUSTERS["single"]
 
@@ -129,3 +139,186 @@ def test_sasl_ssl_options_carry_sasl_and_a_verifying_tls_context(tmp_path: Path)
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "test CA"),),)]
+
+
+# --- the secure broker: TLS, mutual TLS, SASL_SSL, OAUTHBEARER ------------------------------
+
+MODES = ("SSL", "mutual TLS", "SASL_SSL PLAIN", "SASL_SSL SCRAM-SHA-512", "SASL_SSL OAUTHBEARER")
+
+
+def mode_settings(kafka: securekafka.SecureKafka, mode: str, **changes: Any) -> dict[str, Any]:
+    """The relay's settings for one mode against the secure broker, as a user would set them."""
+    settings: dict[str, Any] = {"kafka_ssl_cafile": kafka.cafile}
+    if mode == "SSL":
+        settings |= {"kafka_bootstrap_servers": (kafka.ssl_bootstrap,),
+                     "kafka_security_protocol": "SSL"}  # fmt: skip
+    elif mode == "mutual TLS":
+        settings |= {"kafka_bootstrap_servers": (kafka.mtls_bootstrap,),
+                     "kafka_security_protocol": "SSL",
+                     "kafka_ssl_certfile": kafka.client_certfile,
+                     "kafka_ssl_keyfile": kafka.client_keyfile}  # fmt: skip
+    else:
+        mechanism = mode.split()[1]
+        settings |= {"kafka_bootstrap_servers": (kafka.sasl_ssl_bootstrap,),
+                     "kafka_security_protocol": "SASL_SSL",
+                     "kafka_sasl_mechanism": mechanism}  # fmt: skip
+        if mechanism == "OAUTHBEARER":
+            settings |= {"kafka_oauth_token_endpoint": kafka.token_endpoint,
+                         "kafka_oauth_client_id": "relay",
+                         "kafka_oauth_client_secret_file": kafka.oauth_secret_file,
+                         "kafka_oauth_client_secret": kafka.oauth_secret,
+                         "kafka_oauth_scope": "kafka"}  # fmt: skip
+        else:
+            settings |= {"kafka_sasl_username": kafka.sasl_username,
+                         "kafka_sasl_password_file": kafka.sasl_password_file,
+                         "kafka_sasl_password": kafka.sasl_password}  # fmt: skip
+    return settings | changes
+
+
+def as_environment(settings: dict[str, Any]) -> dict[str, str]:
+    """``RELAY_*`` variables for these settings; secrets by their files, as in production."""
+    environ = {}
+    for name, value in settings.items():
+        if name in SECRET_SETTINGS:
+            continue  # its *_file is there
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        environ[f"RELAY_{name.upper()}"] = text
+    return environ
+
+
+async def relay_command(*args: str, settings: dict[str, Any], cwd: Path) -> tuple[int, str, str]:
+    """Run ``relay ARGS`` as a process with these settings: (status, stdout, stderr)."""
+    environ = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
+               **as_environment(settings)}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", *args, cwd=cwd, env=environ,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def readiness(relay: RunningRelay) -> tuple[int, Any]:
+    """``GET /readyz``: the status and the JSON answer."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(f"{relay.url}/readyz") as response,
+    ):
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_relay_publishes_and_tail_reads_back_in_every_mode(
+    start_relay: StartRelay,
+    ed25519_key: Ed25519PrivateKey,
+    kafka_secure: securekafka.SecureKafka,
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    """Each mode: the relay is ready, acks a delivery, and ``relay tail`` prints it back."""
+    settings = mode_settings(kafka_secure, mode)
+    relay = await start_relay(**settings)
+    async with asyncio.timeout(15):  # the readiness probe's first round
+        while (await readiness(relay))[0] != 200:
+            await asyncio.sleep(0.2)
+    body = as_delivery({"type": "ContactCreate", "locationId": "loc-secure"})
+    status, answer = await post_signed(relay, ed25519_key, body)
+    assert status == 200, answer
+    assert answer["outcome"] == "accepted"
+
+    code, out, err = await relay_command(
+        "tail", "--from-beginning", "--max", "1", "--timeout", "30",
+        settings={**settings, "topic_prefix": relay.settings.topic_prefix}, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    ((topic, partition, offset, *_),) = [line.split(" ", 6) for line in out.splitlines()]
+    assert (topic, int(partition), int(offset)) == (
+        answer["topic"],
+        answer["partition"],
+        answer["offset"],
+    )
+    assert out.rstrip("\n").endswith(body.decode())
+
+
+def _other_ca(tmp_path: Path) -> Path:
+    cafile, _ = self_signed(tmp_path, common_name="a CA that signed nothing here")
+    return cafile
+
+
+# (mode, changes, what the log line must say)
+REFUSALS: list[tuple[str, str, Any, tuple[str, ...]]] = [
+    ("ca", "SSL", lambda k, tmp: {"kafka_ssl_cafile": _other_ca(tmp)},
+     ("is not signed by a CA in RELAY_KAFKA_SSL_CAFILE", "CN=127.0.0.1")),
+    ("hostname", "SSL", lambda k, tmp: {"kafka_bootstrap_servers": (k.wrong_host_bootstrap,)},
+     ("not valid for the host name 127.0.0.1", "DNS:broker.invalid")),
+    ("client-cert", "mutual TLS",
+     lambda k, tmp: {"kafka_ssl_certfile": None, "kafka_ssl_keyfile": None},
+     ("requires a client certificate",)),
+    ("plain-password", "SASL_SSL PLAIN", lambda k, tmp: {"kafka_sasl_password": "wrong"},
+     ("SASL PLAIN: the broker refused user relay", "Invalid username or password")),
+    ("client-secret", "SASL_SSL OAUTHBEARER",
+     lambda k, tmp: {"kafka_oauth_client_secret": "not-the-secret"},
+     ("refused the client: HTTP 401 invalid_client", "(client relay)")),
+    ("audience", "SASL_SSL OAUTHBEARER",
+     lambda k, tmp: {"kafka_oauth_client_id": "relay-wrong-audience"},
+     ("the broker refused the token (status invalid_token", "aud=another-service")),
+    ("expired", "SASL_SSL OAUTHBEARER", lambda k, tmp: {"kafka_oauth_client_id": "relay-expired"},
+     ("the broker refused the token (status invalid_token", "expired 3")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "changes", "said"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+async def test_refused_login_is_never_2xx_unready_and_named_in_the_log(
+    start_relay: StartRelay,
+    ed25519_key: Ed25519PrivateKey,
+    kafka_secure: securekafka.SecureKafka,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    mode: str,
+    changes: Any,
+    said: tuple[str, ...],
+) -> None:
+    """A login the broker (or the token endpoint) refuses: 429, /readyz 503, the cause logged."""
+    relay = await start_relay(
+        wait_connected=False, **mode_settings(kafka_secure, mode, **changes(kafka_secure, tmp_path))
+    )
+    async with asyncio.timeout(30):
+        while not any("kafka not ready" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.1)
+    (line, *_) = [r.getMessage() for r in caplog.records if "kafka not ready" in r.getMessage()]
+    for words in said:
+        assert words in line, line
+    body = as_delivery({"type": "ContactCreate", "locationId": "loc-refused"})
+    status, answer = await post_signed(relay, ed25519_key, body)
+    assert (status, answer["outcome"]) == (429, "unavailable")
+    ready, why = await readiness(relay)
+    assert (ready, why["problems"]) == (503, ["kafka: producer not started"])
+
+
+async def test_reference_consumer_reads_over_oauthbearer(
+    start_relay: StartRelay, ed25519_key: Ed25519PrivateKey, kafka_secure: securekafka.SecureKafka
+) -> None:
+    """The reference consumer, given checked_options(), applies a record read over OAUTHBEARER."""
+    relay = await start_relay(**mode_settings(kafka_secure, "SASL_SSL OAUTHBEARER"))
+    body = as_delivery({"type": "ContactCreate", "locationId": "loc-consumer"})
+    status, answer = await post_signed(relay, ed25519_key, body)
+    assert status == 200, answer
+    store = EffectStore(":memory:")
+    applied: list[bytes] = []
+    async with checked_options(relay.settings) as options:
+        consumer = AIOKafkaConsumer(
+            answer["topic"], **options, group_id=unique_topic("group"),
+            auto_offset_reset="earliest", enable_auto_commit=False,
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            async with asyncio.timeout(30):
+                while not applied:
+                    await consume_batch(consumer, store, lambda db, r: applied.append(r.value))
+        finally:
+            await consumer.stop()
+    assert applied == [body]

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed
 from aiokafka.protocol.admin import SaslAuthenticateRequest, SaslHandShakeRequest
 from cryptography import x509
 
@@ -159,6 +159,36 @@ async def check_tls(
     return True
 
 
+async def check_password(server: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`KafkaLoginError` if ``server`` refuses this SASL PLAIN/SCRAM login.
+
+    aiokafka does the exchange; its refusal only shows in its own log, not in the error
+    its client start raises (``Unable to bootstrap``).
+    """
+    host, port = _split(server)
+    mechanism = options["sasl_mechanism"]
+    try:
+        conn = await create_conn(
+            host,
+            port,
+            ssl_context=options.get("ssl_context"),
+            security_protocol=options["security_protocol"],
+            sasl_mechanism=mechanism,
+            sasl_plain_username=options.get("sasl_plain_username"),
+            sasl_plain_password=options.get("sasl_plain_password"),
+            request_timeout_ms=int(_TIMEOUT_S * 1000),
+            client_id="relay-check",
+        )
+    except SaslAuthenticationFailed as exc:
+        raise KafkaLoginError(
+            f"kafka {server}: SASL {mechanism}: the broker refused user "
+            f"{options.get('sasl_plain_username')} ({type(exc).__name__}: {exc})"
+        ) from None
+    except (KafkaError, OSError, TimeoutError):
+        return  # unreachable, or not a login problem: the client's own retries report it
+    conn.close()
+
+
 async def check_oauth(server: str, context: ssl.SSLContext | None, token: str) -> None:
     """Raise :class:`KafkaLoginError` if ``server`` refuses ``token`` (SASL OAUTHBEARER).
 
@@ -220,9 +250,9 @@ def _challenge_status(challenge: bytes) -> str:
 async def preflight(
     options: Mapping[str, Any], *, cafile: str | None = None, client_cert: str | None = None
 ) -> None:
-    """Check TLS and an OAUTHBEARER login against the first bootstrap server that answers.
+    """Check TLS and the SASL login against the first bootstrap server that answers.
 
-    ``options`` are aiokafka client options (relay/kafkaconf.py); ``cafile`` and
+    ``options`` are aiokafka client options (relay/kafka/options.py); ``cafile`` and
     ``client_cert`` only name the files in the diagnosis. Raises :class:`KafkaLoginError`
     with the diagnosis; returns when it finds nothing wrong, or no server answers.
     """
@@ -237,4 +267,6 @@ async def preflight(
             continue  # not reachable: try the next
         if oauth:
             await check_oauth(server, context, await options["sasl_oauth_token_provider"].token())
+        elif protocol.startswith("SASL"):
+            await check_password(server, options)
         return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -29,7 +29,9 @@ from aiokafka.structs import RecordMetadata
 from relay import logs
 from relay.delivery import Acked
 from relay.errors import AckTimeout, NotConnected, ProduceFailed
-from relay.kafka.options import client_options
+from relay.kafka.check import KafkaLoginError
+from relay.kafka.oauth import TokenError
+from relay.kafka.options import client_options, preflight, token_provider
 from relay.kafka.topics import ensure_topics
 from relay.records import Record
 from relay.settings import Settings
@@ -49,10 +51,18 @@ _PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced)
 class Publisher:
     """Owns the producer; connects in the background so the HTTP side starts at once."""
 
-    def __init__(self, settings: Settings, topics: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str] = (),
+        *,
+        on_token_fetch: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
         self._settings = settings
         #: created at start-up when ``create_topics`` is set
         self._topics = topics
+        #: OAUTHBEARER's tokens, shared by every producer and admin client of this process
+        self._tokens = token_provider(settings, on_token_fetch)
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
         #: the last probe's answer (see :meth:`probe`)
@@ -81,7 +91,7 @@ class Publisher:
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
         return AIOKafkaProducer(
-            **client_options(s),
+            **client_options(s, self._tokens),
             client_id="hoopai-relay",
             acks="all",
             enable_idempotence=True,
@@ -102,10 +112,13 @@ class Publisher:
             attempts += 1
             producer = self._new_producer()
             try:
+                # aiokafka says little about TLS refusals and takes a refused OAuth token
+                # for a login (relay/kafka/check.py): find out first, and say why.
+                await preflight(s, client_options(s, self._tokens))
                 await producer.start()
                 if s.create_topics:
                     await ensure_topics(
-                        client_options(s),
+                        client_options(s, self._tokens),
                         self._topics,
                         s.topic_partitions,
                         s.topic_replication_factor,
@@ -117,12 +130,14 @@ class Publisher:
                 # Anything, not only KafkaError: this task must never end silently, or the
                 # relay would answer 429 forever with nothing in the log to say why.
                 await producer.stop()
+                # Ours name the broker and the cause in words; aiokafka's need their class.
+                why = str(exc) if isinstance(exc, KafkaLoginError | TokenError) else repr(exc)
                 log.log(
                     logging.WARNING if attempts == 1 else logging.DEBUG,
-                    "kafka not ready (%r); retrying, every %.0f s at most",
-                    exc,
+                    "kafka not ready (%s); retrying, every %.0f s at most",
+                    why,
                     _RECONNECT_MAX_S,
-                    extra={"event": "producer", "attempt": attempts},
+                    extra={"event": "producer", "attempt": attempts, "cause": type(exc).__name__},
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_S)
@@ -232,6 +247,8 @@ class Publisher:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._tokens is not None:
+            await self._tokens.close()
 
     @property
     def known_down(self) -> bool:

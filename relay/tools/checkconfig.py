@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from cryptography import x509
+
 from relay.ingress.routing import Routes, all_topics
 from relay.ingress.signatures import KeySet, spki_sha256
+from relay.kafka.options import ssl_context
 from relay.settings import Settings
 from relay.spool.store import check_dir
 
@@ -17,7 +22,13 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
         source = "the published HighLevel keys (relay/ingress/keys)"
     legacy = "accepted" if settings.accept_legacy_rsa else "refused (RELAY_ACCEPT_LEGACY_RSA)"
     security = settings.kafka_security_protocol
-    if security.startswith("SASL"):
+    if security.startswith("SASL") and settings.kafka_sasl_mechanism == "OAUTHBEARER":
+        scope = f", scope {settings.kafka_oauth_scope}" if settings.kafka_oauth_scope else ""
+        security += (
+            f" (OAUTHBEARER: client {settings.kafka_oauth_client_id} at "
+            f"{settings.kafka_oauth_token_endpoint}{scope})"
+        )
+    elif security.startswith("SASL"):
         security += f" ({settings.kafka_sasl_mechanism} as {settings.kafka_sasl_username})"
     if settings.spool_dir is None:
         spool = "off: 2xx only after Kafka's ack"
@@ -34,6 +45,7 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
         f"kafka:           {','.join(settings.kafka_bootstrap_servers)}",
         f"spool:           {spool}",
         f"security:        {security}",
+        *_kafka_tls(settings),
         f"topic prefix:    {settings.topic_prefix}",
         f"routes file:     {settings.routes_file} "
         f"({len(routes.families)} families, {len(routes.overrides)} exact types, "
@@ -48,3 +60,41 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
         *(f"  {spki_sha256(key)}" for key in keys.rsa),
     ]
     return lines
+
+
+def _kafka_tls(settings: Settings) -> list[str]:
+    """The Kafka TLS lines: which CA, which client certificate, hostname verification."""
+    if ssl_context(settings) is None:  # ConfigError (exit 2) when the files do not load
+        return []
+    if settings.kafka_ssl_cafile is None:
+        ca = "the system CAs"
+    else:
+        cafile = settings.kafka_ssl_cafile
+        ca = f"RELAY_KAFKA_SSL_CAFILE={cafile} ({_subjects(cafile)})"
+    lines = [f"kafka tls:       brokers verified by {ca}"]
+    if settings.kafka_ssl_certfile is not None:
+        lines.append(
+            f"  client certificate RELAY_KAFKA_SSL_CERTFILE={settings.kafka_ssl_certfile} "
+            f"({_subjects(settings.kafka_ssl_certfile)}), key RELAY_KAFKA_SSL_KEYFILE="
+            f"{settings.kafka_ssl_keyfile}"
+        )
+    else:
+        lines.append("  no client certificate (no mutual TLS)")
+    if settings.kafka_ssl_check_hostname:
+        lines.append("  hostname verification on")
+    else:
+        lines.append("  hostname verification OFF (RELAY_KAFKA_SSL_CHECK_HOSTNAME): any "
+                     "certificate the CA signed is taken for any broker")  # fmt: skip
+    return lines
+
+
+def _subjects(path: Path) -> str:
+    """The subjects and expiry of the certificates in a PEM file, for the summary."""
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError):
+        return "not readable as PEM certificates"
+    return "; ".join(
+        f"{cert.subject.rfc4514_string()}, until {cert.not_valid_after_utc:%Y-%m-%d}"
+        for cert in certs
+    )

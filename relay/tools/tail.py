@@ -19,7 +19,7 @@ from typing import Any, Final, TextIO
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from relay.ingress.catalogue import Catalogue, load_catalogue, mask_sensitive
-from relay.kafka.options import client_options
+from relay.kafka.options import checked_options
 from relay.settings import Settings
 from relay.tools.show import header, one_line
 
@@ -108,44 +108,45 @@ async def tail(
     Records go to ``out``, one line each; each (re)assignment of partitions is noted on
     ``log``. Returns the number of records printed.
     """
-    consumer = AIOKafkaConsumer(
-        **client_options(settings),
-        group_id=f"relay-tail-{uuid.uuid4().hex}",
-        client_id="relay-tail",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        metadata_max_age_ms=METADATA_MAX_AGE_MS,
-    )
-    catalogue = load_catalogue()
-    pattern = topic_pattern(settings.topic_prefix)
-    listener = _KeepPositions(consumer, pattern, from_beginning=from_beginning, log=log)
-    consumer.subscribe(pattern=pattern, listener=listener)
-    printed = 0
-    last_record = time.monotonic()
-    try:
-        await consumer.start()
-        while max_records is None or printed < max_records:
-            wait_ms = _POLL_MS
-            if idle_timeout_s is not None:
-                left = idle_timeout_s - (time.monotonic() - last_record)
-                if left <= 0:
-                    break
-                wait_ms = max(1, min(_POLL_MS, int(left * 1000)))
-            batches = await consumer.getmany(timeout_ms=wait_ms)
-            for tp, records in batches.items():
-                for record in records:
-                    if max_records is not None and printed >= max_records:
-                        break
-                    print(format_record(record, catalogue), file=out, flush=True)
-                    listener.positions[tp] = record.offset + 1
-                    printed += 1
-                    last_record = time.monotonic()
-    finally:
-        # Bounded: leaving the group waits on the coordinator, and Ctrl-C must never hang
-        # on a broker that is still starting (its group coordinator not yet available).
+    async with checked_options(settings) as options:
+        consumer = AIOKafkaConsumer(
+            **options,
+            group_id=f"relay-tail-{uuid.uuid4().hex}",
+            client_id="relay-tail",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        )
+        catalogue = load_catalogue()
+        pattern = topic_pattern(settings.topic_prefix)
+        listener = _KeepPositions(consumer, pattern, from_beginning=from_beginning, log=log)
+        consumer.subscribe(pattern=pattern, listener=listener)
+        printed = 0
+        last_record = time.monotonic()
         try:
-            async with asyncio.timeout(_STOP_TIMEOUT_S):
-                await consumer.stop()
-        except TimeoutError:
-            print("relay tail: gave up leaving the consumer group", file=log, flush=True)
-    return printed
+            await consumer.start()
+            while max_records is None or printed < max_records:
+                wait_ms = _POLL_MS
+                if idle_timeout_s is not None:
+                    left = idle_timeout_s - (time.monotonic() - last_record)
+                    if left <= 0:
+                        break
+                    wait_ms = max(1, min(_POLL_MS, int(left * 1000)))
+                batches = await consumer.getmany(timeout_ms=wait_ms)
+                for tp, records in batches.items():
+                    for record in records:
+                        if max_records is not None and printed >= max_records:
+                            break
+                        print(format_record(record, catalogue), file=out, flush=True)
+                        listener.positions[tp] = record.offset + 1
+                        printed += 1
+                        last_record = time.monotonic()
+        finally:
+            # Bounded: leaving the group waits on the coordinator, and Ctrl-C must never hang
+            # on a broker that is still starting (its group coordinator not yet available).
+            try:
+                async with asyncio.timeout(_STOP_TIMEOUT_S):
+                    await consumer.stop()
+            except TimeoutError:
+                print("relay tail: gave up leaving the consumer group", file=log, flush=True)
+        return printed

@@ -64,7 +64,8 @@ Create the name of the service account to use
 
 {{/*
 Where the pod sees its configuration: one read-only projected volume holding relay.toml,
-routes.toml, keys/ (ConfigMaps) and the files of the existing Secrets (kafka/, tls/).
+routes.toml, keys/ (ConfigMaps) and the files of the existing Secrets (kafka/, tls/): the
+Kafka CA, client certificate and key, SASL password and OAuth client secret.
 */}}
 {{- define "hoopai-relay.configDir" -}}
 /etc/hoopai-relay
@@ -119,6 +120,9 @@ of what it mounts).
 {{- end }}
 {{- if .Values.kafka.sasl.existingSecret }}
 {{- $_ = set $settings "kafka_sasl_password_file" (printf "%s/kafka/password" $dir) }}
+{{- end }}
+{{- if .Values.kafka.oauth.existingSecret }}
+{{- $_ = set $settings "kafka_oauth_client_secret_file" (printf "%s/kafka/oauth-client-secret" $dir) }}
 {{- end }}
 {{- toJson $settings }}
 {{- end }}
@@ -176,7 +180,9 @@ Deployment, so that every render checks them.
 {{- fail (printf "kafka.sasl.existingSecret is set but config.kafka_security_protocol is %s: use SASL_SSL or SASL_PLAINTEXT" $protocol) }}
 {{- end }}
 {{- end }}
-{{- if hasPrefix "SASL_" $protocol }}
+{{- $mechanism := $config.kafka_sasl_mechanism | default "PLAIN" | upper }}
+{{- $oauth := and (hasPrefix "SASL_" $protocol) (eq $mechanism "OAUTHBEARER") }}
+{{- if and (hasPrefix "SASL_" $protocol) (not $oauth) }}
 {{- if not $config.kafka_sasl_username }}
 {{- fail (printf "config.kafka_security_protocol is %s but config.kafka_sasl_username is empty" $protocol) }}
 {{- end }}
@@ -186,6 +192,26 @@ Deployment, so that every render checks them.
 {{- end }}
 {{- if not (or .Values.kafka.sasl.existingSecret $envPassword) }}
 {{- fail (printf "config.kafka_security_protocol is %s but no password: set kafka.sasl.existingSecret (or RELAY_KAFKA_SASL_PASSWORD in extraEnv, from a secretKeyRef)" $protocol) }}
+{{- end }}
+{{- end }}
+{{- with .Values.kafka.oauth }}
+{{- if and .existingSecret (not .clientSecretKey) }}
+{{- fail "kafka.oauth.existingSecret is set but kafka.oauth.clientSecretKey is empty: name the key of the client secret in that Secret" }}
+{{- end }}
+{{- if and .existingSecret (not $oauth) }}
+{{- fail (printf "kafka.oauth.existingSecret is set but the SASL mechanism is %s over %s: use config.kafka_sasl_mechanism OAUTHBEARER with SASL_SSL" $mechanism $protocol) }}
+{{- end }}
+{{- end }}
+{{- if $oauth }}
+{{- if not (and $config.kafka_oauth_token_endpoint $config.kafka_oauth_client_id) }}
+{{- fail "config.kafka_sasl_mechanism is OAUTHBEARER but config.kafka_oauth_token_endpoint or config.kafka_oauth_client_id is empty" }}
+{{- end }}
+{{- $envSecret := false }}
+{{- range .Values.extraEnv }}
+{{- if eq .name "RELAY_KAFKA_OAUTH_CLIENT_SECRET" }}{{ $envSecret = true }}{{ end }}
+{{- end }}
+{{- if not (or .Values.kafka.oauth.existingSecret $envSecret) }}
+{{- fail "config.kafka_sasl_mechanism is OAUTHBEARER but no client secret: set kafka.oauth.existingSecret (or RELAY_KAFKA_OAUTH_CLIENT_SECRET in extraEnv, from a secretKeyRef)" }}
 {{- end }}
 {{- end }}
 {{- with .Values.kafka.tls }}
