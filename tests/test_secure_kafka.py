@@ -11,6 +11,8 @@ import asyncio
 import os
 import ssl
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ from relay.kafka.options import checked_options, client_options
 from relay.settings import SECRET_SETTINGS, Settings
 from relay.tools.consumer import EffectStore, consume_batch
 from relay.tools.deliveries import as_delivery, sign_ed25519
+from tests import relayproc
 from tests.certs import self_signed
+from tests.chaosutil import pick
 from tests.kafkautil import first_record, unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
@@ -322,3 +326,97 @@ async def test_reference_consumer_reads_over_oauthbearer(
         finally:
             await consumer.stop()
     assert applied == [body]
+
+
+# --- token refresh under load ---------------------------------------------------------------
+
+#: the refresh run's length: ≥ 3 refreshes of 20 s tokens (each at 16 s) in make test, 90 s
+#: in make chaos
+REFRESH_RUN_S = pick(55, 90)
+REFRESH_SENDERS = 4
+REFRESH_RATE_PER_SENDER = 5.0
+
+
+@pytest.mark.chaos
+async def test_token_refresh_under_load_keeps_every_answer_2xx(
+    kafka_secure: securekafka.SecureKafka,
+    public_key_files: tuple[Path, ...],
+    ed25519_key: Ed25519PrivateKey,
+    tmp_path: Path,
+) -> None:
+    """20 s tokens, steady load: every answer 2xx across ≥ 3 refreshes, no secret logged.
+
+    ``relay serve`` runs as a process of its own; the broker ends each OAUTHBEARER session
+    when its token expires (KIP-368), so the producer must come back with the next token.
+    """
+    settings = mode_settings(
+        kafka_secure, "SASL_SSL OAUTHBEARER", kafka_oauth_client_id="relay-20s"
+    )
+    variables = {k.removeprefix("RELAY_").lower(): v for k, v in as_environment(settings).items()}
+    bootstrap = variables.pop("kafka_bootstrap_servers")
+    statuses: Counter[int | str] = Counter()
+    stop = asyncio.Event()
+    with relayproc.serve(bootstrap, public_key_files, tmp_path, unique_topic("refresh"),
+                         **variables) as relay:  # fmt: skip
+
+        async def sender(http: aiohttp.ClientSession, n: int) -> None:
+            """Paced deliveries of one location, one at a time."""
+            sent = 0
+            while not stop.is_set() and sent < 10_000:  # bounded whatever the clock does
+                began = time.monotonic()
+                body = as_delivery({"type": "ContactCreate", "locationId": f"loc-{n}-{sent}"})
+                headers = {"X-GHL-Signature": sign_ed25519(ed25519_key, body)}
+                try:
+                    async with http.post(relay.webhook_url, data=body, headers=headers) as answer:
+                        statuses[answer.status] += 1
+                except aiohttp.ClientError as exc:
+                    statuses[type(exc).__name__] += 1
+                sent += 1
+                pause = 1 / REFRESH_RATE_PER_SENDER - (time.monotonic() - began)
+                await asyncio.sleep(max(0.0, pause))
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            async with asyncio.timeout(30):  # connected: readiness, before the load
+                while (await _get_status(http, relay.webhook_url.replace(
+                        "/webhooks/hoopai", "/readyz"))) != 200:  # fmt: skip
+                    await asyncio.sleep(0.2)
+            first = relay.metric(FETCHED_OK)
+            senders = [asyncio.create_task(sender(http, n)) for n in range(REFRESH_SENDERS)]
+            await asyncio.sleep(REFRESH_RUN_S)
+            stop.set()
+            await asyncio.gather(*senders)
+        refreshes = relay.metric(FETCHED_OK) - first
+        refused = relay.metric(FETCHED.format("refused"), 0) + relay.metric(
+            FETCHED.format("error"), 0
+        )
+        log = relay.log.read_text()
+    total = sum(statuses.values())
+    print(f"\ntoken refresh: {REFRESH_RUN_S:.0f} s, {total} requests, {dict(statuses)}, "
+          f"{refreshes:.0f} refreshes of 20 s tokens")  # fmt: skip
+    assert statuses == Counter({200: total}), statuses
+    assert total >= REFRESH_RUN_S * REFRESH_SENDERS * REFRESH_RATE_PER_SENDER * 0.5
+    assert refreshes >= 3
+    assert refused == 0
+    assert_no_secret(log, kafka_secure)
+
+
+FETCHED = 'relay_kafka_oauth_token_fetches_total{{outcome="{}"}}'
+FETCHED_OK = FETCHED.format("ok")
+
+
+async def _get_status(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as response:
+        return response.status
+
+
+def assert_no_secret(text: str, kafka: securekafka.SecureKafka) -> None:
+    """No password, client secret, token or private key of the secure broker in ``text``."""
+    key_body = "".join(kafka.client_keyfile.read_text().splitlines()[1:-1])
+    for name, secret in (
+        ("the SASL password", kafka.sasl_password),
+        ("the OAuth client secret", kafka.oauth_secret),
+        ("a private key", key_body[:40]),
+        ("a private key", "PRIVATE KEY"),
+        ("a JWT (token)", "eyJ"),  # every JWT starts with a base64 '{"'
+    ):
+        assert secret not in text, f"{name} is in the output"
