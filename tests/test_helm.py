@@ -60,6 +60,7 @@ CHART_OWNED = frozenset(
         "kafka_ssl_certfile",
         "kafka_ssl_keyfile",
         "kafka_sasl_password_file",
+        "kafka_oauth_client_secret_file",
         "spool_dir",  # RELAY_SPOOL_DIR, from spool.mountPath
     }
 )
@@ -455,16 +456,70 @@ def test_secrets_are_never_inlined(values_file: Path | None) -> None:
     objects = render(values_file)
     assert not find(objects, "Secret")
     for env in relay_container(objects)["env"]:
-        assert "PASSWORD" not in env["name"] or "valueFrom" in env
+        assert not ("PASSWORD" in env["name"] or "SECRET" in env["name"]) or "valueFrom" in env
     toml = relay_toml(objects)
     assert not set(toml) & SECRET_SETTINGS
-    if "kafka_sasl_password_file" in toml:
-        volumes = pod_template(objects)["spec"]["volumes"]
-        (volume,) = [v for v in volumes if v["name"] == "config"]
-        sources = [s["secret"] for s in volume["projected"]["sources"] if "secret" in s]
-        password = toml["kafka_sasl_password_file"].removeprefix(f"{CONFIG_DIR}/")
-        (owner,) = [s for s in sources if password in {i["path"] for i in s["items"]}]
-        assert owner["name"] == "hoopai-relay-kafka-user"  # kafka.sasl.existingSecret
+    kafka = _values_of(values_file).get("kafka", {})
+    for setting, section in (
+        ("kafka_sasl_password_file", "sasl"),
+        ("kafka_oauth_client_secret_file", "oauth"),
+        ("kafka_ssl_keyfile", "tls"),
+    ):
+        if setting in toml:
+            assert _secret_behind(objects, toml[setting]) == kafka[section]["existingSecret"]
+    # No ConfigMap holds anything secret: no private key, no token, no secret setting.
+    for configmap in find(objects, "ConfigMap"):
+        text = json.dumps(configmap["data"])
+        assert "PRIVATE KEY" not in text
+        assert "eyJ" not in text  # the start of every JWT
+        for name in SECRET_SETTINGS:
+            assert f"{name} =" not in text
+
+
+def _values_of(values_file: Path | None) -> dict[str, Any]:
+    """The values a variant sets (the chart's defaults for None)."""
+    path = values_file or CHART / "values.yaml"
+    values: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return values
+
+
+def _secret_behind(objects: list[Obj], path: str) -> str:
+    """The name of the Secret that the projected config volume mounts at ``path``."""
+    volumes = pod_template(objects)["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == "config"]
+    sources = [s["secret"] for s in volume["projected"]["sources"] if "secret" in s]
+    relative = path.removeprefix(f"{CONFIG_DIR}/")
+    (owner,) = [s for s in sources if relative in {i["path"] for i in s["items"]}]
+    return str(owner["name"])
+
+
+@pytest.mark.parametrize(
+    ("variant", "protocol", "mechanism", "files"),
+    [
+        ("kafka-ssl", "SSL", None, {"kafka_ssl_cafile"}),
+        ("kafka-mtls", "SSL", None,
+         {"kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"}),
+        ("kafka-sasl-plain", "SASL_SSL", "PLAIN", {"kafka_sasl_password_file"}),
+        ("kafka-sasl-scram", "SASL_SSL", "SCRAM-SHA-512",
+         {"kafka_ssl_cafile", "kafka_sasl_password_file"}),
+        ("kafka-oauth", "SASL_SSL", "OAUTHBEARER",
+         {"kafka_ssl_cafile", "kafka_oauth_client_secret_file"}),
+    ],
+)  # fmt: skip
+def test_each_kafka_mode_mounts_its_files_from_secrets(
+    variant: str, protocol: str, mechanism: str | None, files: set[str]
+) -> None:
+    """Each ci/ Kafka mode: its protocol and mechanism, and exactly its files, from Secrets."""
+    objects = render(CI_VALUES[variant])
+    toml = relay_toml(objects)
+    assert toml["kafka_security_protocol"] == protocol
+    if mechanism is not None:  # SSL alone uses no SASL mechanism, whatever the default says
+        assert toml["kafka_sasl_mechanism"] == mechanism
+    mounted = {k for k in toml if k.startswith("kafka_") and k.endswith("file")}
+    assert mounted == files
+    assert toml["kafka_ssl_check_hostname"] is True
+    for setting in files:
+        assert _secret_behind(objects, toml[setting])  # every one is in a Secret
 
 
 def test_public_keys_are_mounted_from_a_configmap() -> None:
@@ -628,6 +683,28 @@ SASL = {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "relay"}
             "kafka.tls.existingSecret is empty",
         ),
         ({"kafka": {"tls": {"existingSecret": "s"}}}, "use SSL or SASL_SSL"),
+        (
+            {"config": {**SASL, "kafka_sasl_mechanism": "OAUTHBEARER"}},
+            "kafka_oauth_token_endpoint or config.kafka_oauth_client_id is empty",
+        ),
+        (
+            {
+                "config": {
+                    **SASL,
+                    "kafka_sasl_mechanism": "OAUTHBEARER",
+                    "kafka_oauth_token_endpoint": "https://idp.example/token",
+                    "kafka_oauth_client_id": "relay",
+                }
+            },
+            "no client secret: set kafka.oauth.existingSecret",
+        ),
+        (
+            {
+                "config": SASL,
+                "kafka": {"sasl": {"existingSecret": "s"}, "oauth": {"existingSecret": "o"}},
+            },
+            "kafka.oauth.existingSecret is set but the SASL mechanism is PLAIN",
+        ),
         ({"tls": {"enabled": True}}, "tls.existingSecret is empty"),
         ({"tls": {"existingSecret": "s"}}, "tls.enabled is false"),
         ({"ingress": {"enabled": True}}, "ingress.hosts is empty"),
@@ -676,6 +753,11 @@ def test_half_set_values_fail(values: dict[str, Any], message: str) -> None:
         ({"config": {"drain_delay": 3}}, "at '/config': additional properties 'drain_delay'"),
         ({"config": {"http_port": 8081}}, "at '/config': additional properties 'http_port'"),
         ({"config": {"kafka_sasl_password": "x"}}, "additional properties 'kafka_sasl_password'"),
+        (
+            {"config": {"kafka_oauth_client_secret": "x"}},
+            "additional properties 'kafka_oauth_client_secret'",
+        ),
+        ({"config": {"kafka_sasl_mechanism": "GSSAPI"}}, "at '/config/kafka_sasl_mechanism'"),
         ({"config": {"log_level": "VERBOSE"}}, "at '/config/log_level'"),
         ({"config": {"max_in_flight": 1.5}}, "at '/config/max_in_flight'"),
         ({"publicKeys": {"k.pem": "not a key"}}, "at '/publicKeys/k.pem'"),

@@ -31,7 +31,7 @@ from tests import relayproc
 from tests.certs import self_signed
 from tests.chaosutil import pick
 from tests.kafkautil import first_record, unique_topic
-from tests.relayutil import ROOT, RunningRelay, StartRelay
+from tests.relayutil import ROOT, RunningRelay, StartRelay, scrape
 
 SINGLE = localkafka.CLUSTERS["single"]
 
@@ -218,10 +218,12 @@ async def test_relay_publishes_and_tail_reads_back_in_every_mode(
     start_relay: StartRelay,
     ed25519_key: Ed25519PrivateKey,
     kafka_secure: securekafka.SecureKafka,
+    caplog: pytest.LogCaptureFixture,
+    http: aiohttp.ClientSession,
     tmp_path: Path,
     mode: str,
 ) -> None:
-    """Each mode: the relay is ready, acks a delivery, and ``relay tail`` prints it back."""
+    """Each mode: ready, a delivery acked, ``relay tail`` prints it; no secret logged, exported."""
     settings = mode_settings(kafka_secure, mode)
     relay = await start_relay(**settings)
     async with asyncio.timeout(15):  # the readiness probe's first round
@@ -244,6 +246,35 @@ async def test_relay_publishes_and_tail_reads_back_in_every_mode(
         answer["offset"],
     )
     assert out.rstrip("\n").endswith(body.decode())
+    metrics = await scrape(http, relay)
+    if mode.endswith("OAUTHBEARER"):
+        assert 'relay_kafka_oauth_token_fetches_total{outcome="ok"} 1.0' in metrics
+    assert_no_secret("\n".join([caplog.text, metrics, out, err]), kafka_secure)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_check_config_reports_tls_files_and_mechanism_without_secrets(
+    kafka_secure: securekafka.SecureKafka, tmp_path: Path, mode: str
+) -> None:
+    """``check-config`` names the CA, the client certificate, hostname checks, the mechanism."""
+    settings = mode_settings(kafka_secure, mode, routes_file=ROOT / "config" / "routes.toml")
+    code, out, err = await relay_command("check-config", settings=settings, cwd=tmp_path)
+    assert code == 0, err
+    protocol = settings["kafka_security_protocol"]
+    assert f"security:        {protocol}" in out
+    assert f"brokers verified by RELAY_KAFKA_SSL_CAFILE={kafka_secure.cafile}" in out
+    assert "CN=hoopai-relay local test CA" in out
+    assert "hostname verification on" in out
+    if mode == "mutual TLS":
+        assert f"client certificate RELAY_KAFKA_SSL_CERTFILE={kafka_secure.client_certfile}" in out
+        assert "CN=relay" in out
+    else:
+        assert "no client certificate" in out
+    if mode.endswith("OAUTHBEARER"):
+        assert f"(OAUTHBEARER: client relay at {kafka_secure.token_endpoint}, scope kafka)" in out
+    elif protocol == "SASL_SSL":
+        assert f"({settings['kafka_sasl_mechanism']} as relay)" in out
+    assert_no_secret(out + err, kafka_secure)
 
 
 def _other_ca(tmp_path: Path) -> Path:
@@ -251,6 +282,8 @@ def _other_ca(tmp_path: Path) -> Path:
     return cafile
 
 
+WRONG_PASSWORD = "wrong-password-5f1c"
+WRONG_SECRET = "wrong-client-secret-9e2a"
 # (mode, changes, what the log line must say)
 REFUSALS: list[tuple[str, str, Any, tuple[str, ...]]] = [
     ("ca", "SSL", lambda k, tmp: {"kafka_ssl_cafile": _other_ca(tmp)},
@@ -260,10 +293,10 @@ REFUSALS: list[tuple[str, str, Any, tuple[str, ...]]] = [
     ("client-cert", "mutual TLS",
      lambda k, tmp: {"kafka_ssl_certfile": None, "kafka_ssl_keyfile": None},
      ("requires a client certificate",)),
-    ("plain-password", "SASL_SSL PLAIN", lambda k, tmp: {"kafka_sasl_password": "wrong"},
+    ("plain-password", "SASL_SSL PLAIN", lambda k, tmp: {"kafka_sasl_password": WRONG_PASSWORD},
      ("SASL PLAIN: the broker refused user relay", "Invalid username or password")),
     ("client-secret", "SASL_SSL OAUTHBEARER",
-     lambda k, tmp: {"kafka_oauth_client_secret": "not-the-secret"},
+     lambda k, tmp: {"kafka_oauth_client_secret": WRONG_SECRET},
      ("refused the client: HTTP 401 invalid_client", "(client relay)")),
     ("audience", "SASL_SSL OAUTHBEARER",
      lambda k, tmp: {"kafka_oauth_client_id": "relay-wrong-audience"},
@@ -301,6 +334,9 @@ async def test_refused_login_is_never_2xx_unready_and_named_in_the_log(
     assert (status, answer["outcome"]) == (429, "unavailable")
     ready, why = await readiness(relay)
     assert (ready, why["problems"]) == (503, ["kafka: producer not started"])
+    assert_no_secret(caplog.text, kafka_secure)
+    assert WRONG_PASSWORD not in caplog.text
+    assert WRONG_SECRET not in caplog.text
 
 
 async def test_reference_consumer_reads_over_oauthbearer(
