@@ -172,7 +172,7 @@ soak: venv $(BIN)/.bench-installed kafka-up  ## memory over 10 minutes at 50% of
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 chaos: venv kafka-fetch toxiproxy  ## the long reliability runs; see docs/reliability.md
-	HOOPAI_CHAOS=1 $(BIN)/pytest -m chaos -s -q
+	HOOPAI_CHAOS=1 $(BIN)/pytest -m chaos -s -q --timeout=3600
 
 clean:  ## remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Helpers for the fault tests: a steady signed load, a ``relay serve`` process, its RSS.
+"""Helpers for the fault tests: a steady signed load, readiness and RSS probes.
 
 The load is open-loop, as a sender's traffic is: request ``i`` starts at ``i / rate``
 seconds whatever earlier answers took, so an outage piles requests up instead of slowing
@@ -18,17 +18,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import localkafka  # dev/, on the path by pytest's `pythonpath` setting
 from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.tools.deliveries import as_delivery, sign_ed25519
-from tests.kafkautil import consume_all
+from tests.kafkautil import consume_all, describe_partitions
+from tests.relayproc import rss_mib
 from tests.relayutil import serve_env
-from tests.test_shutdown import start_serve
 
 #: ``HOOPAI_CHAOS=1`` (``make chaos``) selects the long versions of the same tests.
 LONG = os.environ.get("HOOPAI_CHAOS") == "1"
@@ -172,14 +173,6 @@ async def delete_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-def rss_mib(pid: int) -> float:
-    """The resident set size of a process, in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def relay_env(
     bootstrap: str, public_keys: Sequence[Path], prefix: str, **extra: str
 ) -> dict[str, str]:
@@ -200,70 +193,6 @@ def relay_env(
             **extra,
         },
     )
-
-
-@dataclass
-class RelayProcess:
-    """A running ``relay serve``: its URL, and its log lines with the time each arrived."""
-
-    proc: asyncio.subprocess.Process
-    url: str
-    lines: list[tuple[float, dict[str, object]]] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def start(cls, env: dict[str, str], cwd: Path) -> RelayProcess:
-        """Start it and keep reading its log, so the pipe never fills and blocks it."""
-        proc, url = await start_serve(env, cwd)
-        relay = cls(proc, url)
-        relay._reader = asyncio.create_task(relay._read())
-        return relay
-
-    async def _read(self) -> None:
-        """Collect the JSON log lines until the process closes its stdout."""
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            with contextlib.suppress(ValueError):  # a traceback line is not JSON
-                self.lines.append((time.monotonic(), json.loads(line)))
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.proc.pid
-
-    def logged_at(self, message: str) -> float | None:
-        """When (monotonic) the line with this message arrived, if it did."""
-        return next((t for t, line in self.lines if line.get("message") == message), None)
-
-    def warnings(self) -> dict[str, int]:
-        """How many times each WARNING or ERROR line was logged (message, and cause if any)."""
-        found = Counter(
-            " ".join(str(line[k]) for k in ("message", "cause", "detail") if k in line)[:160]
-            for _, line in self.lines
-            if line.get("level") in ("warning", "error")
-        )
-        return dict(found)
-
-    async def wait(self, timeout_s: float) -> int:
-        """Wait for the exit (and the last log lines); return the exit status."""
-        async with asyncio.timeout(timeout_s):
-            code = await self.proc.wait()
-            if self._reader is not None:
-                await self._reader
-        return code
-
-    async def stop(self) -> None:
-        """SIGTERM it if it still runs, SIGKILL after 30 s; for a test's teardown."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await self.wait(30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 async def until_ready(http: aiohttp.ClientSession, url: str, timeout_s: float = 60) -> float:
@@ -344,3 +273,43 @@ class RssProbe:
             return rss_mib(self.target.pid)
         except (OSError, RuntimeError):  # killed, or a zombie without memory
             return 0.0
+
+
+#: the times of a fault's steps (``time.monotonic``), by name
+Marks = dict[str, float]
+RESTART_TIMEOUT_S = 180.0  # for a broker to answer again after its restart
+
+
+def restore(cluster: localkafka.Cluster, nodes: tuple[localkafka.Node, ...] = ()) -> None:
+    """Resume stopped nodes, start dead ones (all, or ``nodes``), and wait until they answer.
+
+    The wait is by Metadata answers alone, with more time than localkafka.wait_ready's
+    90 s: a JVM took 64 s to start here while other jobs loaded the machine.
+    """
+    nodes = nodes or cluster.nodes
+    for node in nodes:
+        with contextlib.suppress(localkafka.KafkaHarnessError):  # not running: started below
+            localkafka.kill_node(cluster, node, signal.SIGCONT)
+        localkafka.start_node(cluster, node)
+    want = {n.node_id for n in cluster.nodes}
+    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    for node in nodes:
+        while not want <= set(localkafka.metadata_brokers(node.port) or ()):
+            if time.monotonic() > deadline:
+                raise localkafka.KafkaHarnessError(
+                    f"node {node.node_id} not ready in {RESTART_TIMEOUT_S:.0f} s:\n"
+                    + localkafka.logs(cluster, 40)
+                )
+            time.sleep(0.25)
+
+
+async def busiest_leader(cluster: localkafka.Cluster, topic: str) -> localkafka.Node:
+    """The broker leading most of the topic's partitions, from the cluster's metadata."""
+    partitions = await describe_partitions(cluster.bootstrap, topic)
+    leaders = Counter(p["leader"] for p in partitions if p["leader"] >= 0)
+    return cluster.node(leaders.most_common(1)[0][0])
+
+
+def first_ack_after(answers: list[Answer], t: float) -> float | None:
+    """When the first 2xx to a request begun after ``t`` came, if one did."""
+    return min((a.answered for a in answers if a.began >= t and a.acknowledged), default=None)

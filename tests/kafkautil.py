@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import localkafka  # dev/, on the path by pytest's `pythonpath` setting
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -97,3 +99,15 @@ async def consume_ids(bootstrap: str, topics: set[str], ids: set[str]) -> dict[s
     finally:
         await consumer.stop()
     return found
+
+
+@contextlib.contextmanager
+def stalled(cluster: localkafka.Cluster) -> Iterator[None]:
+    """SIGSTOP every broker of the cluster for the duration of the block."""
+    for node in cluster.nodes:
+        localkafka.kill_node(cluster, node, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for node in cluster.nodes:
+            localkafka.kill_node(cluster, node, signal.SIGCONT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,18 @@ async def post_signed(
 ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
     """POST a body with a valid X-GHL-Signature."""
     return await post(http, relay, body, X_GHL_Signature=sign_ed25519(key, body))
+
+
+def free_port() -> int:
+    """A port nothing listens on now; the workers bind it together, so 0 would not do."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def closed_port() -> str:
+    """``127.0.0.1:<port>`` where nothing listens: Kafka unreachable, at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"

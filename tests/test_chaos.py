@@ -29,18 +29,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.kafka.publisher import Publisher
 from relay.records import Record
 from relay.settings import Settings
+from tests import relayproc
 from tests.chaosutil import (
     CONNECTION_ERRORS,
     EVENT_FAMILY,
     HTTP_OUTCOMES,
     Answer,
+    Marks,
     ReadinessProbe,
-    RelayProcess,
     RssProbe,
     Target,
+    busiest_leader,
     delete_topics,
+    first_ack_after,
     missing_in_kafka,
     pick,
+    restore,
     steady_load,
     summarize,
     until_ready,
@@ -48,7 +52,8 @@ from tests.chaosutil import (
     watch,
 )
 from tests.chaosutil import relay_env as make_env
-from tests.kafkautil import describe_partitions, unique_topic
+from tests.kafkautil import unique_topic
+from tests.relayproc import ServeProcess
 
 RATE = pick(25, 50)  # requests per second
 DEADLINE_S = 4.0  # RELAY_ACK_TIMEOUT_MS's default, kept: the figures are the shipped ones
@@ -57,7 +62,6 @@ DEADLINE_S = 4.0  # RELAY_ACK_TIMEOUT_MS's default, kept: the figures are the sh
 # client's timeout), far past it; the figures report the slowest answer.
 MARGIN_S = 1.5
 MAX_LOAD_S = 600  # a bound on any load, whatever a fault's repair takes
-RESTART_TIMEOUT_S = 180.0  # for a broker to answer again after its restart
 SHUTDOWN_MESSAGE = "shutdown: closing the listener, finishing in-flight requests"
 
 
@@ -69,17 +73,17 @@ class Spawner:
     public_keys: tuple[Path, ...]
     cwd: Path
     prefix: str
-    relays: list[RelayProcess]
+    relays: list[ServeProcess]
 
     @property
     def topic(self) -> str:
         """The one topic the load writes to."""
         return f"{self.prefix}.{EVENT_FAMILY}"
 
-    async def __call__(self, **extra: str) -> RelayProcess:
+    async def __call__(self, **extra: str) -> ServeProcess:
         """A relay against the cluster, with extra ``RELAY_*`` settings."""
         env = make_env(self.cluster.bootstrap, self.public_keys, self.prefix, **extra)
-        relay = await RelayProcess.start(env, self.cwd)
+        relay = await relayproc.start(env, self.cwd)
         self.relays.append(relay)
         return relay
 
@@ -104,29 +108,6 @@ async def spawn(
             await delete_topics(kafka_cluster.bootstrap, spawner.prefix)
 
 
-def restore(cluster: localkafka.Cluster, nodes: tuple[localkafka.Node, ...] = ()) -> None:
-    """Resume stopped nodes, start dead ones (all, or ``nodes``), and wait until they answer.
-
-    The wait is by Metadata answers alone, with more time than localkafka.wait_ready's
-    90 s: a JVM took 64 s to start here while other jobs loaded the machine.
-    """
-    nodes = nodes or cluster.nodes
-    for node in nodes:
-        with contextlib.suppress(localkafka.KafkaHarnessError):  # not running: started below
-            localkafka.kill_node(cluster, node, signal.SIGCONT)
-        localkafka.start_node(cluster, node)
-    want = {n.node_id for n in cluster.nodes}
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
-    for node in nodes:
-        while not want <= set(localkafka.metadata_brokers(node.port) or ()):
-            if time.monotonic() > deadline:
-                raise localkafka.KafkaHarnessError(
-                    f"node {node.node_id} not ready in {RESTART_TIMEOUT_S:.0f} s:\n"
-                    + localkafka.logs(cluster, 40)
-                )
-            time.sleep(0.25)
-
-
 async def started(spawn: Spawner, key: Ed25519PrivateKey, **extra: str) -> Target:
     """A relay that is ready and has had a first event acknowledged."""
     relay = await spawn(**extra)
@@ -135,16 +116,6 @@ async def started(spawn: Spawner, key: Ed25519PrivateKey, **extra: str) -> Targe
     target = Target(relay.url, relay.pid)
     await warm_up(target, key)
     return target
-
-
-async def busiest_leader(cluster: localkafka.Cluster, topic: str) -> localkafka.Node:
-    """The broker leading most of the topic's partitions, from the cluster's metadata."""
-    partitions = await describe_partitions(cluster.bootstrap, topic)
-    leaders = Counter(p["leader"] for p in partitions if p["leader"] >= 0)
-    return cluster.node(leaders.most_common(1)[0][0])
-
-
-Marks = dict[str, float]
 
 
 @dataclass
@@ -217,11 +188,6 @@ def report(name: str, run: Run, kafka: dict[str, int], **figures: object) -> Non
 def slow(answers: list[Answer]) -> list[Answer]:
     """The answers that came after the deadline plus the margin: a hang, for the sender."""
     return [a for a in answers if a.seconds > DEADLINE_S + MARGIN_S]
-
-
-def first_ack_after(answers: list[Answer], t: float) -> float | None:
-    """When the first 2xx to a request begun after ``t`` came, if one did."""
-    return min((a.answered for a in answers if a.began >= t and a.acknowledged), default=None)
 
 
 @pytest.mark.chaos
@@ -309,7 +275,7 @@ async def test_every_broker_down_gets_retryable_answers_then_recovers(
     assert max(rss_outage) < max(rss_before) + 64
     assert first_ack is not None, "no 2xx after the brokers came back"
     assert ready_again is not None, "readiness did not come back"
-    assert spawn.relays[0].proc.returncode is None  # recovered without a restart of its own
+    assert spawn.relays[0].proc.poll() is None  # recovered without a restart of its own
 
 
 @pytest.mark.chaos

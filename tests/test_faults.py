@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -15,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay import appkeys
 from relay.tools.deliveries import as_delivery, sign_ed25519
+from tests.kafkautil import stalled
 from tests.relayutil import RunningRelay, StartRelay
 
 
@@ -37,18 +35,6 @@ async def warm_up(http: aiohttp.ClientSession, relay: RunningRelay, key: Ed25519
     async with asyncio.timeout(30):
         while (await deliver(http, relay, key))[0] != 200:
             await asyncio.sleep(0.2)
-
-
-@contextlib.contextmanager
-def stalled(cluster: localkafka.Cluster) -> Iterator[None]:
-    """SIGSTOP every broker of the cluster for the duration of the block."""
-    for node in cluster.nodes:
-        localkafka.kill_node(cluster, node, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for node in cluster.nodes:
-            localkafka.kill_node(cluster, node, signal.SIGCONT)
 
 
 async def test_stalled_brokers_get_429_within_deadline_then_recover(

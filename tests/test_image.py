@@ -42,8 +42,7 @@ from packaging.requirements import Requirement
 from relay.settings import Settings
 from tests.kafkautil import consume, unique_topic
 from tests.relayproc import ServeProcess, wait_listening
-from tests.relayutil import ROOT, serve_env
-from tests.test_spool_outage import closed_port
+from tests.relayutil import ROOT, closed_port, serve_env
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -166,7 +165,7 @@ RUN_FOLDER = Path("/run/hoopai-relay-image")
 PODMAN = shutil.which("podman") or "podman"  # where missing, the image tests skip
 
 
-@dataclass(frozen=True)
+@dataclass
 class Container(ServeProcess):
     """A ``relay serve`` in a container: ``proc`` is its ``podman run``."""
 

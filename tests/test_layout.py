@@ -101,3 +101,21 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
                 failed[module] = stderr.strip().splitlines()[-1:]
     assert failed == {}
     assert "relay.spool.spooler" in MODULES  # the walk found the subpackages
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    """Shared helpers live in helper modules (relayutil, relayproc, ...), never in a test_*."""
+    tests = Path(__file__).resolve().parent
+    offenders = {}
+    for path in sorted(tests.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+        imported = sorted(n for n in names if n.split(".")[-1].startswith("test_"))
+        if imported:
+            offenders[path.name] = imported
+    assert offenders == {}

@@ -37,19 +37,23 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests import relayproc
 from tests.chaosutil import (
     EVENT_FAMILY,
     HTTP_OUTCOMES,
     LONG,
     Answer,
+    Marks,
     ReadinessProbe,
-    RelayProcess,
     Target,
+    busiest_leader,
     delete_topics,
+    first_ack_after,
     loop_lag,
     missing_in_kafka,
     pick,
     relay_env,
+    restore,
     steady_load,
     summarize,
     until_ready,
@@ -57,7 +61,7 @@ from tests.chaosutil import (
     watch,
 )
 from tests.kafkautil import describe_partitions, unique_topic
-from tests.test_chaos import Marks, busiest_leader, first_ack_after, restore
+from tests.relayproc import ServeProcess
 from tests.toxiproxy import BOTH, UPSTREAM, NetFault
 
 pytestmark = pytest.mark.chaos
@@ -82,7 +86,7 @@ class Lane:
     """One ``relay serve`` with its own topic, and its load's answers once run."""
 
     name: str
-    relay: RelayProcess
+    relay: ServeProcess
     target: Target
     topic: str
     answers: list[Answer] = field(default_factory=list)
@@ -118,7 +122,7 @@ async def lanes(
             prefix = unique_topic(f"netfault-{name}")
             extra = {"RELAY_SPOOL_DIR": str(tmp_path / name)} if name == SPOOL else {}
             env = relay_env(netfault.cluster.bootstrap, public_key_files, prefix, **extra)
-            relay = await RelayProcess.start(env, tmp_path)
+            relay = await relayproc.start(env, tmp_path)
             target = Target(relay.url, relay.pid)
             started.append(Lane(name, relay, target, f"{prefix}.{EVENT_FAMILY}"))
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
@@ -280,7 +284,7 @@ def check(lanes: list[Lane], figures: dict[str, dict[str, object]], marks: Marks
         assert kafka["missing"] == 0, (lane.name, kafka)
         assert {a.status for a in lane.answers} <= HTTP_OUTCOMES, lane.name
         assert slow(lane) == [], (lane.name, slow(lane)[:5])
-        assert lane.relay.proc.returncode is None, f"{lane.name}: relay serve exited"
+        assert lane.relay.proc.poll() is None, f"{lane.name}: relay serve exited"
         assert recovery_s(lane.answers, marks["repaired"]) <= RECOVERY_S, lane.name
         assert first_ack_after(lane.answers, marks["repaired"]) is not None, lane.name
         if lane.spooled:

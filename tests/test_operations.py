@@ -18,8 +18,8 @@ from relay.ingress.signatures import Reason
 from relay.metrics import Outcome
 from relay.tools.deliveries import as_delivery, sign_ed25519
 from tests.certs import self_signed
+from tests.kafkautil import stalled
 from tests.relayutil import RunningRelay, StartRelay, scrape
-from tests.test_faults import stalled
 
 
 async def ready(http: aiohttp.ClientSession, relay: RunningRelay) -> tuple[int, dict[str, object]]:

@@ -65,7 +65,7 @@ async def test_load_far_above_capacity_is_shed_with_429(
 ) -> None:
     """200 busy connections: only 200 or 429 with Retry-After, no hang, every 2xx in Kafka."""
     prefix = unique_topic("overload")
-    with relayproc.serve(
+    async with relayproc.running(
         kafka_bootstrap, public_key_files, tmp_path, prefix,
         max_in_flight=str(max_in_flight), kafka_linger_ms=str(linger_ms),
         ack_timeout_ms=str(int(ACK_TIMEOUT_S * 1000)),
@@ -184,7 +184,7 @@ async def test_idle_and_slow_connection_floods_leave_memory_bounded(
     # Longer than opening every connection takes, or the first would close before the last.
     idle_timeout = 30.0 if CHAOS else 5.0
     figures: dict[str, float] = {}
-    with relayproc.serve(
+    async with relayproc.running(
         kafka_bootstrap, public_key_files, tmp_path, unique_topic("memory"),
         http_idle_timeout_s=str(idle_timeout),
     ) as relay:  # fmt: skip

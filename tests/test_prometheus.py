@@ -40,10 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.spool.frames import MAGIC, segment_name
 from relay.tools.deliveries import as_delivery, sign_ed25519
+from tests.helmutil import CHART, NAMESPACE, RELEASE, find, only, render
 from tests.kafkautil import unique_topic
-from tests.relayutil import serve_env
-from tests.test_helm import CHART, NAMESPACE, RELEASE, find, only, render
-from tests.test_workers import free_port
+from tests.relayutil import free_port, serve_env
 
 #: promtool's test files: input series and the alerts expected of the rendered rules.yaml
 RULE_TESTS = sorted((Path(__file__).parent / "prometheus").glob("*.test.yaml"))

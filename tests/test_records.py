@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.ingress.catalogue import load_catalogue, partition_key
+from relay.ingress.intake import intake
 from relay.ingress.routing import Kind, Routes, load_routes, parse_event, route
+from relay.ingress.signatures import Scheme, Verified
 from relay.records import DEFAULT_SOURCE, Record, build_record, idempotency_key
 from relay.tools.samples import SAMPLES
 
@@ -350,3 +352,19 @@ def test_build_record_never_raises_for_odd_fields(routes: Routes, event: dict[st
         assert headers["ce_id"] == webhook_id.encode()
     else:
         assert headers["ce_id"].startswith(b"sha256:")
+
+
+@pytest.mark.parametrize("webhook_id", [WEBHOOK_ID, None])
+def test_intake_builds_the_record_the_handler_delivers(
+    routes: Routes, webhook_id: str | None
+) -> None:
+    """The pure step: one ce_id (webhookId, else the digest) in the answer and the header."""
+    extra = {} if webhook_id is None else {"webhookId": webhook_id}
+    body = delivery("NoteCreate.json", **extra)
+    verdict = Verified(Scheme.ED25519, SIGNATURE)
+    taken = intake(body, verdict, routes, source=DEFAULT_SOURCE, received_at=RECEIVED_AT)
+    assert taken.ce_id == idempotency_key(parse_event(body), body)
+    assert taken.ce_id == (webhook_id or "sha256:" + hashlib.sha256(body).hexdigest())
+    assert headers_of(taken.record)["ce_id"] == taken.ce_id.encode()
+    assert taken.record == record_for(body, routes)
+    assert taken.route == route(parse_event(body), routes)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,30 +14,14 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.tools.deliveries import as_delivery, sign_ed25519
+from tests import relayproc
 from tests.kafkautil import consume_all, unique_topic
-from tests.relayutil import ROOT, serve_env
+from tests.relayutil import serve_env
 
 DELIVERIES = 400
 WORKERS = 16
 SIGTERM_AFTER = 100
 MARKER = "BODY-MARKER-never-logged"
-
-
-async def start_serve(env: dict[str, str], cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``relay serve``; return the process and its base URL (read from its log)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "serve",
-        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stdout.readline()
-            assert line, "relay serve exited before listening"
-            entry = json.loads(line)
-            if entry["message"] == "listening":
-                host, port = entry["http"]
-                return proc, f"http://{host}:{port}"
 
 
 async def test_sigterm_under_load_loses_no_acknowledged_event(
@@ -58,7 +40,8 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
         RELAY_SHUTDOWN_GRACE_S="10",
         RELAY_READY_CHECK_INTERVAL_S="0.5",
     )
-    proc, url = await start_serve(env, tmp_path)  # cwd without a config/relay.toml
+    relay = await relayproc.start(env, tmp_path)  # cwd without a config/relay.toml
+    url = relay.url
     bodies = [
         as_delivery({"type": "ContactUpdate", "locationId": f"loc-{i % 7}", "note": MARKER})
         for i in range(DELIVERIES)
@@ -83,12 +66,12 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
             except aiohttp.ClientError as exc:  # the listener closed: no answer, not a 2xx
                 answers[i] = type(exc).__name__
             if len(answers) == SIGTERM_AFTER and not sigterm_sent.is_set():
-                proc.send_signal(signal.SIGTERM)
+                relay.proc.send_signal(signal.SIGTERM)
                 sigterm_sent.set()
 
     async def watch_readiness(http: aiohttp.ClientSession) -> None:
         await sigterm_sent.wait()
-        while proc.returncode is None:
+        while relay.proc.poll() is None:
             try:
                 async with http.get(f"{url}/readyz") as response:
                     ready_during_drain.append(response.status)
@@ -100,10 +83,9 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
     async with aiohttp.ClientSession(timeout=timeout) as http, asyncio.timeout(60):
         watcher = asyncio.create_task(watch_readiness(http))
         await asyncio.gather(*(worker(http) for _ in range(WORKERS)))
-        returncode = await proc.wait()
+        returncode = await relay.wait(60)
         await watcher
-    assert proc.stdout is not None
-    log = (await proc.stdout.read()).decode()
+    log = relay.text()
 
     assert returncode == 0
     assert 503 in ready_during_drain
@@ -130,33 +112,24 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
 
 async def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     """Ctrl-C drains (``drain_delay_s``, here 30 s); Ctrl-C again ends it at once, exit 130."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": "0",
-        "RELAY_METRICS_PORT": "0",
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # not needed to shut down
-        "RELAY_DRAIN_DELAY_S": "30",
-        "RELAY_SHUTDOWN_GRACE_S": "40",
-    }
-    proc, _ = await start_serve(env, tmp_path)
-    assert proc.stdout is not None
+    # The broker is not needed to shut down.
+    env = serve_env(
+        "127.0.0.1:1", (), "hoopai", RELAY_DRAIN_DELAY_S="30", RELAY_SHUTDOWN_GRACE_S="40"
+    )
+    relay = await relayproc.start(env, tmp_path)
     try:
-        proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10):
-            while b"shutdown: draining" not in await proc.stdout.readline():
-                pass
+        relay.proc.send_signal(signal.SIGINT)
+        await relay.wait_until(lambda r: r.logged_at("shutdown: draining") is not None, 10)
         second = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(5):
-            returncode = await proc.wait()
+        relay.proc.send_signal(signal.SIGINT)
+        returncode = await relay.wait(5)
         took = time.monotonic() - second
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if relay.proc.poll() is None:
+            relay.proc.kill()
+            relay.proc.wait(10)
     assert returncode == 130
     assert took < 5
-    rest = [json.loads(line) for line in (await proc.stdout.read()).splitlines() if line]
-    assert [line["message"] for line in rest] == ["shutdown: second signal, stopping at once"]
+    messages = [line["message"] for line in relay.lines()]
+    rest = messages[messages.index("shutdown: draining") + 1 :]
+    assert rest == ["shutdown: second signal, stopping at once"]

@@ -13,9 +13,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -32,21 +30,15 @@ from relay.records import Record
 from relay.spool.frames import Entry, encode_frame, segment_name
 from relay.spool.spooler import Spooler
 from relay.tools.deliveries import as_delivery, sign_ed25519
+from tests import relayproc
 from tests.chaosutil import loop_lag
 from tests.kafkautil import consume, consume_all, unique_topic
-from tests.relayutil import ROOT, RunningRelay, StartRelay, scrape
+from tests.relayutil import RunningRelay, StartRelay, closed_port, scrape
 
 CHAOS = os.environ.get("HOOPAI_CHAOS") == "1"
 OUTAGE_S = float(os.environ.get("SPOOL_OUTAGE_S") or (60 if CHAOS else 10))
 LOCATIONS = 5
 RATE_PER_LOCATION = 4.0  # 20 requests/s in all
-
-
-def closed_port() -> str:
-    """``127.0.0.1:<port>`` where nothing listens: Kafka unreachable, at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def post(
@@ -203,54 +195,8 @@ async def test_outage_under_load_answers_only_2xx_and_loses_nothing(
     assert metrics.spool_drained._value.get() >= spool_during["records"]
 
 
-@contextlib.asynccontextmanager
-async def relay_process(
-    tmp_path: Path, public_keys: tuple[Path, ...], bootstrap: str, prefix: str, **env: str
-) -> AsyncIterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    """``python -m relay serve`` with a spool in ``tmp_path``: webhook URL, metrics URL, process."""
-    port, metrics_port = (closed_port().rsplit(":", 1)[1] for _ in range(2))
-    variables = {
-        "RELAY_HTTP_HOST": "127.0.0.1",
-        "RELAY_HTTP_PORT": port,
-        "RELAY_METRICS_PORT": metrics_port,
-        "RELAY_PUBLIC_KEYS": ",".join(str(p) for p in public_keys),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_TOPIC_PREFIX": prefix,
-        "RELAY_CREATE_TOPICS": "true",
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "RELAY_SPOOL_DIR": str(tmp_path / "spool"),
-        "RELAY_DRAIN_DELAY_S": "0",
-        **env,
-    }
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    environ["PYTHONPATH"] = str(ROOT)
-    with (tmp_path / "relay.log").open("ab") as log:
-        # Popen only forks: it returns at once, nothing here waits on the child.
-        process = subprocess.Popen(  # noqa: ASYNC220 -- see above
-            [sys.executable, "-m", "relay", "serve"],
-            cwd=tmp_path,
-            env={**environ, **variables},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-            while True:
-                assert process.poll() is None, (tmp_path / "relay.log").read_text()[-3000:]
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.1)
-        yield (
-            f"http://127.0.0.1:{port}/webhooks/hoopai",
-            f"http://127.0.0.1:{metrics_port}/metrics",
-            process,
-        )
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
+#: the spool settings of the two relays of the kill -9 test
+SPOOLED = {"create_topics": "true", "drain_delay_s": "0", "spool_after_ms": "500"}
 
 
 def sample(text: str, name: str) -> float:
@@ -271,15 +217,18 @@ async def test_kill_9_while_spooling_then_restart_loses_nothing(
     prefix = unique_topic("spoolkill")
     answered: list[str] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
-        async with relay_process(
-            tmp_path, public_key_files, closed_port(), prefix, RELAY_SPOOL_AFTER_MS="500"
-        ) as (url, _, process):
+        spool = tmp_path / "spool"
+        async with relayproc.running(
+            closed_port(), public_key_files, tmp_path, prefix, spool_dir=str(spool), **SPOOLED
+        ) as killed:
 
             async def load(worker: int) -> None:
                 """Deliver until the relay dies under us (bounded)."""
                 for n in range(500):
                     try:
-                        status, _, webhook_id = await post(http, url, ed25519_key, f"k{worker}", n)
+                        status, _, webhook_id = await post(
+                            http, killed.webhook_url, ed25519_key, f"k{worker}", n
+                        )
                     except aiohttp.ClientError:
                         return
                     assert status == 200
@@ -289,19 +238,18 @@ async def test_kill_9_while_spooling_then_restart_loses_nothing(
             async with asyncio.timeout(30):
                 while len(answered) < 100:
                     await asyncio.sleep(0.05)
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+            killed.proc.send_signal(signal.SIGKILL)
+            await killed.wait(10)
             await asyncio.gather(*workers)
-        (last,) = sorted((tmp_path / "spool").glob("*.seg"))[-1:]
+        (last,) = sorted(spool.glob("*.seg"))[-1:]
         torn = encode_frame(Entry(Record(f"{prefix}.contacts", b"k0", b"{}", ()), 0))
         with last.open("ab") as out:  # a write the kill cut in half
             out.write(torn[: len(torn) // 2])
 
-        async with relay_process(tmp_path, public_key_files, kafka_bootstrap, prefix) as (
-            _,
-            metrics_url,
-            _,
-        ):
+        async with relayproc.running(
+            kafka_bootstrap, public_key_files, tmp_path, prefix, spool_dir=str(spool), **SPOOLED
+        ) as restarted:
+            metrics_url = f"http://127.0.0.1:{restarted.metrics_port}/metrics"
             async with asyncio.timeout(90):
                 while True:
                     async with http.get(metrics_url) as response:

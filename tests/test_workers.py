@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
@@ -23,59 +19,24 @@ from relay.settings import Settings
 from relay.spool.frames import SEGMENT_SUFFIX
 from relay.tools.deliveries import as_delivery, sign_ed25519
 from relay.workers import stranded_spools, worker_env
+from tests import relayproc
 from tests.kafkautil import consume_all, unique_topic
-from tests.relayutil import serve_env
+from tests.relayproc import ServeProcess
+from tests.relayutil import free_port, serve_env
 
 WORKERS = 2
 DELIVERIES = 60
 
 
-def free_port() -> int:
-    """A port nothing listens on now; the workers bind it together, so 0 would not do."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Supervisor:
-    """A running ``relay serve --workers N`` and what its shared stdout said."""
-
-    proc: asyncio.subprocess.Process
-    url: str
-    metrics_url: str
-    topic_prefix: str
-    lines: list[dict[str, Any]] = field(default_factory=list)
-
-    def pids_saying(self, message: str) -> set[int]:
-        """The pids that logged ``message``."""
-        return {line["pid"] for line in self.lines if line["message"] == message}
-
-    def worker_pids(self) -> set[int]:
-        """The pids that logged "listening": the workers."""
-        return self.pids_saying("listening")
-
-    async def read_until(self, predicate: Any) -> None:
-        """Collect log lines until ``predicate(self)`` holds (at most 30 s)."""
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(30):
-            while not predicate(self):
-                line = await self.proc.stdout.readline()
-                assert line, "relay serve exited early"
-                self.lines.append(json.loads(line))
-
-    async def read_rest(self) -> None:
-        """Collect the log lines left once the process has exited."""
-        assert self.proc.stdout is not None
-        rest = await self.proc.stdout.read()
-        self.lines += [json.loads(line) for line in rest.splitlines() if line]
+def worker_pids(supervisor: ServeProcess) -> set[int]:
+    """The pids that logged "listening": the workers (they share the supervisor's log)."""
+    return supervisor.pids_saying("listening")
 
 
 @pytest.fixture
 async def supervisor(
     kafka_bootstrap: str, public_key_files: tuple[Path, ...], tmp_path: Path
-) -> AsyncIterator[Supervisor]:
+) -> AsyncIterator[ServeProcess]:
     """``relay serve --workers 2`` on a fixed free port, its workers listening."""
     port, metrics_port = free_port(), free_port()
     prefix = unique_topic("workers")
@@ -90,27 +51,18 @@ async def supervisor(
         RELAY_SHUTDOWN_GRACE_S="10",
         RELAY_LOG_LEVEL="DEBUG",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "serve", "--workers", str(WORKERS),
-        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        limit=1 << 24,  # aiokafka's DEBUG lines can be long
-    )  # fmt: skip
-    running = Supervisor(
-        proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", prefix
-    )
+    running = relayproc.launch(env, tmp_path, "--workers", str(WORKERS), prefix=prefix)
+    running.port, running.metrics_port = port, metrics_port  # the supervisor's, fixed above
     try:
-        await running.read_until(lambda s: len(s.worker_pids()) == WORKERS)
+        await running.wait_until(lambda s: len(worker_pids(s)) == WORKERS)
         # Every worker has its own producer: wait for each, not for whichever /readyz hits.
-        await running.read_until(lambda s: len(s.pids_saying("kafka producer started")) == WORKERS)
+        await running.wait_until(lambda s: len(s.pids_saying("kafka producer started")) == WORKERS)
         yield running
     finally:
-        for pid in [proc.pid, *running.worker_pids()]:
+        for pid in [running.pid, *worker_pids(running)]:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            await proc.stdout.read()  # until every worker has let go of the pipe
-            await proc.wait()
+        await running.wait(30)
 
 
 def gone(pid: int) -> bool:
@@ -123,10 +75,10 @@ def gone(pid: int) -> bool:
 
 
 async def test_workers_share_the_port_and_the_metrics(
-    supervisor: Supervisor, kafka_bootstrap: str, ed25519_key: Ed25519PrivateKey
+    supervisor: ServeProcess, kafka_bootstrap: str, ed25519_key: Ed25519PrivateKey
 ) -> None:
     """Deliveries spread over both workers, all land in Kafka, /metrics counts them all."""
-    topic = f"{supervisor.topic_prefix}.contacts"
+    topic = f"{supervisor.prefix}.contacts"
     bodies = [
         as_delivery({"type": "ContactCreate", "locationId": f"loc-{i % 5}"})
         for i in range(DELIVERIES)
@@ -144,7 +96,7 @@ async def test_workers_share_the_port_and_the_metrics(
                 return r.status
 
         statuses = await asyncio.gather(*(post(body) for body in bodies))
-        async with http.get(supervisor.metrics_url) as scrape:
+        async with http.get(f"http://127.0.0.1:{supervisor.metrics_port}/metrics") as scrape:
             exposition = await scrape.text()
 
     assert statuses == [200] * DELIVERIES
@@ -159,24 +111,20 @@ async def test_workers_share_the_port_and_the_metrics(
     assert {orjson.loads(b)["webhookId"].encode() for b in bodies} <= in_kafka
 
     supervisor.proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(20):
-        assert await supervisor.proc.wait() == 0
-    await supervisor.read_rest()
-    assert (
-        supervisor.pids_saying("request") == supervisor.worker_pids()
+    assert await supervisor.wait(20) == 0
+    assert supervisor.pids_saying("request") == worker_pids(
+        supervisor
     )  # both served (odds of not: 2**-59)
-    assert all(gone(pid) for pid in supervisor.worker_pids())
+    assert all(gone(pid) for pid in worker_pids(supervisor))
 
 
-async def test_a_dead_worker_takes_the_others_down(supervisor: Supervisor) -> None:
+async def test_a_dead_worker_takes_the_others_down(supervisor: ServeProcess) -> None:
     """SIGKILL one worker: the supervisor stops the other and exits 1, for a restart."""
-    first, second = sorted(supervisor.worker_pids())
+    first, second = sorted(worker_pids(supervisor))
     os.kill(first, signal.SIGKILL)
-    async with asyncio.timeout(20):
-        assert await supervisor.proc.wait() == 1
-    await supervisor.read_rest()
+    assert await supervisor.wait(20) == 1
     assert gone(second)
-    assert any(line["message"].startswith("a worker exited") for line in supervisor.lines)
+    assert any(line["message"].startswith("a worker exited") for line in supervisor.lines())
 
 
 def test_stranded_spools_are_those_no_process_of_this_run_drains(tmp_path: Path) -> None:
