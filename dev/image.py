@@ -113,7 +113,9 @@ def standin_tarball() -> Path:
     if tarball.exists():
         return tarball
     folder.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_suffix(".partial.tar")
+    # Two runs may make it at once: each writes its own partial file, and the first to
+    # finish renames it in place (a rename replaces the other's identical result atomically).
+    partial = tarball.with_name(f"{tarball.stem}.{os.getpid()}.partial.tar")
     began = time.monotonic()
     print(f"image: making the stand-in base with mmdebstrap into {tarball}", file=sys.stderr)
     subprocess.run(standin_command(partial), check=True, timeout=STANDIN_TIMEOUT_S)
@@ -202,7 +204,10 @@ def private_storage_env(folder: Path, run_folder: Path) -> dict[str, str]:
     """The environment for podman and buildah with their storage and config in ``folder``.
 
     Images, layers and containers then live in ``folder``, and the per-boot state in
-    ``run_folder``; nothing is changed in the machine's default storage.
+    ``run_folder``; nothing is changed in the machine's default storage. Keep
+    ``run_folder`` short (``/tmp/<name>``): conmon's sockets under it must fit a Unix socket
+    path, and with a long one (pytest's ``tmp_path``) every ``podman run`` here waited 20 s
+    for its exit code.
     """
     storage_conf = folder / "storage.conf"
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 
 No Docker engine runs here, and no image registry is reachable. ``dev/image.py`` builds the
 Dockerfile, unchanged, with ``buildah bud`` on a stand-in for ``python:3.11-slim-bookworm``
-(Debian's python3, see its docstring), in a container storage of the tests' own
-(``~/.cache/hoopai-relay/image/storage``) under a tag of their own, removed after. The
+(Debian's python3, see its docstring), in a container storage of the run's own (a temporary
+folder, deleted after), under a tag of its own. The
 tests marked ``image`` then run it with the production flags (:data:`PRODUCTION`) against
 the local broker. They are opt-in: ``make test`` (and so CI) sets ``HOOPAI_IMAGE=1``;
 ``pytest -m image`` also selects them. Without buildah, podman, mmdebstrap or root they skip,
@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.error
@@ -36,7 +37,6 @@ from typing import Any, cast
 import image  # dev/, on the path by pytest's `pythonpath` setting
 import pytest
 from cryptography.hazmat.primitives import serialization
-from localkafka import cache_root
 from packaging.requirements import Requirement
 
 from relay.settings import Settings
@@ -160,8 +160,6 @@ PRODUCTION = (
 )
 STOP_GRACE_S = 30  # `podman stop`'s wait before SIGKILL: Kubernetes' default grace period
 KEY_IN_IMAGE = Path("/keys/ed25519.pem")
-# podman's per-boot state for the tests' storage (its images stay in ~/.cache).
-RUN_FOLDER = Path("/run/hoopai-relay-image")
 PODMAN = shutil.which("podman") or "podman"  # where missing, the image tests skip
 
 
@@ -218,20 +216,28 @@ def _skip_reason() -> str | None:
 
 @pytest.fixture(scope="module")
 def built() -> Iterator[Built]:
-    """The Dockerfile built in the tests' own storage under a tag of its own, removed after."""
+    """The Dockerfile built in a container storage of this run's own, deleted after.
+
+    A storage per run: two checkouts testing at once share no image, layer or lock. Only
+    the stand-in's tarball is kept between runs (``~/.cache/hoopai-relay/image/``).
+    """
     if reason := _skip_reason():
         pytest.skip(reason)
-    # The stand-in base stays in this storage between runs (a cold run makes it first).
-    env = image.private_storage_env(cache_root() / "image" / "storage", RUN_FOLDER)
+    # A short path, not pytest's tmp_path: see private_storage_env.
+    folder = Path(tempfile.mkdtemp(prefix="hoopai-image-"))
+    env = image.private_storage_env(folder, folder / "run")
     tag = f"localhost/hoopai-relay:test-{uuid.uuid4().hex[:12]}"
-    seconds = image.build(tag, env)
-    print(f"image: {tag} built in {seconds:.0f} s")
     try:
+        began = time.monotonic()
+        image.ensure_base(env)
+        print(f"image: base ready in {time.monotonic() - began:.0f} s")
+        print(f"image: {tag} built in {image.build(tag, env):.0f} s")
         yield Built(tag, env)
     finally:
-        for args in (["rmi", "--force", tag], ["image", "prune", "--force"]):
-            # The tag, then the build's cache layers it left: the stand-in base stays.
-            subprocess.run([PODMAN, *args], env=env, capture_output=True, check=False, timeout=300)
+        # Every image of this storage (ours only), its layers and mounts, then the folder.
+        removal = [PODMAN, "rmi", "--all", "--force"]
+        subprocess.run(removal, env=env, capture_output=True, check=False, timeout=300)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
