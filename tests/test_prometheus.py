@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.spool.frames import MAGIC, segment_name
 from relay.tools.deliveries import as_delivery, sign_ed25519
+from tests import relayproc
 from tests.helmutil import CHART, NAMESPACE, RELEASE, find, only, render
 from tests.kafkautil import unique_topic
 from tests.relayutil import free_port, serve_env
@@ -232,12 +232,8 @@ def start_relay(
             "RELAY_SPOOL_AFTER_MS": "500",
         }
     env = serve_env(bootstrap, keys, unique_topic(pod), **settings)
-    log = folder / f"{pod}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve"], env=env, stdout=out, stderr=out
-        )
-    return Relay(pod, port, metrics_port, spool, proc, log)
+    started = relayproc.launch(env, folder)  # the one harness for relay serve processes
+    return Relay(pod, port, metrics_port, spool, started.proc, started.log)
 
 
 def prometheus_config(relays: list[Relay], rules: Path) -> dict[str, Any]:
