@@ -125,7 +125,7 @@ def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Appl
     app[appkeys.SETTINGS] = settings
     app[appkeys.KEYS] = load_keys(settings)
     app[appkeys.ROUTES] = load_routing(settings)
-    kafka_options.ssl_context(settings)  # bad Kafka TLS files stop the start here (exit 2)
+    kafka_options.check_at_start(settings)  # bad Kafka TLS files, say, stop the start here (exit 2)
     app[appkeys.METRICS] = metrics
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
     app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)

@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from relay import __version__, logs, workers
 from relay.app import load_keys, load_routing
 from relay.errors import ConfigError
+from relay.kafka import options as kafka_options
 from relay.kafka.check import KafkaLoginError
 from relay.kafka.oauth import TokenError
 from relay.server import run_event_loop, serve, tls_context
@@ -210,6 +211,7 @@ def _check_config(args: argparse.Namespace) -> int:
     keys = load_keys(settings)
     routes = load_routing(settings)
     tls_context(settings)  # serve loads the certificate and key as well
+    kafka_options.check_at_start(settings)  # and its Kafka TLS files, and the MSK extra if used
     workers.check_spool_layout(settings)
     print("\n".join(checkconfig.summary(settings, keys, routes)))
     return 0

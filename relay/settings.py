@@ -295,6 +295,13 @@ class Settings:
     kafka_oauth_scope: str | None = _setting(
         None, _optional_text, "OAUTHBEARER: the scope asked for"
     )
+    kafka_msk_iam_region: str | None = _setting(
+        None,
+        _optional_text,
+        "OAUTHBEARER with Amazon MSK IAM: the cluster's AWS region; tokens are signed with "
+        "the process's AWS credentials instead of coming from a token endpoint "
+        "(needs the `msk` extra)",
+    )
     kafka_linger_ms: int = _setting(0, _int, "producer linger", ok=_not_negative)
     ack_timeout_ms: int = _setting(
         4000,
@@ -445,12 +452,15 @@ class Settings:
                 raise ConfigError(f"{_describe(self, name)}: no such file")
 
     def _validate_oauth(self) -> None:
-        """OAUTHBEARER: an endpoint reached safely, a client id and its secret."""
+        """OAUTHBEARER: an endpoint reached safely, a client id and its secret (or MSK IAM)."""
+        if self.kafka_msk_iam_region is not None:
+            return  # AWS's credentials, found by botocore, sign the tokens
         endpoint = self.kafka_oauth_token_endpoint
         if not (endpoint and self.kafka_oauth_client_id and self.kafka_oauth_client_secret):
             raise ConfigError(
                 "RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER needs RELAY_KAFKA_OAUTH_TOKEN_ENDPOINT, "
-                "RELAY_KAFKA_OAUTH_CLIENT_ID and RELAY_KAFKA_OAUTH_CLIENT_SECRET(_FILE)"
+                "RELAY_KAFKA_OAUTH_CLIENT_ID and RELAY_KAFKA_OAUTH_CLIENT_SECRET(_FILE), "
+                "or RELAY_KAFKA_MSK_IAM_REGION"
             )
         url = urlsplit(endpoint)
         # The client secret goes to this URL: in the clear only to this very host.

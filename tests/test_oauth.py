@@ -12,6 +12,7 @@ import base64
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
@@ -19,12 +20,14 @@ from aiohttp import web
 from relay.errors import ConfigError
 from relay.kafka.oauth import (
     ClientCredentials,
+    MskIam,
     TokenError,
     TokenProvider,
     basic_authorization,
     read_answer,
     refresh_delay,
 )
+from relay.kafka.options import token_provider
 from relay.settings import Settings
 
 CREDS = ClientCredentials("https://idp.example/token", "relay", "s3cr:et+x", "kafka")
@@ -180,3 +183,68 @@ def test_client_secret_never_goes_in_the_clear(tmp_path: Path, url: str) -> None
     """A token endpoint that is not https:// (or plain http to this host) stops the relay."""
     with pytest.raises(ConfigError, match="must be an https:// URL"):
         Settings.from_env(_oauth(tmp_path, **{"RELAY_KAFKA_OAUTH_TOKEN_ENDPOINT": url}))
+
+
+@pytest.fixture
+def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """AWS credentials from the environment only: no files, no instance metadata, no network."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+
+
+@pytest.mark.usefixtures("fake_aws")
+async def test_msk_iam_token_is_a_signed_connect_url_for_the_region() -> None:
+    """MSK IAM: AWS's signer makes a SigV4 URL for kafka-cluster:Connect, valid ~15 min."""
+    outcomes: list[str] = []
+    provider = TokenProvider(MskIam("eu-west-1"), on_fetch=outcomes.append)
+    try:
+        token = await provider.token()
+    finally:
+        await provider.close()
+    url = urlsplit(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    query = parse_qs(url.query)
+    assert url.hostname == "kafka.eu-west-1.amazonaws.com"
+    assert query["Action"] == ["kafka-cluster:Connect"]
+    assert query["X-Amz-Credential"][0].startswith("AKIAIOSFODNN7EXAMPLE/")
+    assert query["X-Amz-Signature"][0]
+    assert "wJalrXUtnFEMI" not in token
+    assert provider._token is not None  # the lifetime AWS's signer gave
+    assert 800 <= provider._token.lifetime_s <= 900
+    assert outcomes == ["ok"]
+
+
+async def test_msk_iam_without_credentials_says_so(
+    monkeypatch: pytest.MonkeyPatch, fake_aws: None
+) -> None:
+    """No AWS credentials: a TokenError naming MSK IAM and the region, counted as an error."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    outcomes: list[str] = []
+    provider = TokenProvider(MskIam("eu-west-1"), on_fetch=outcomes.append)
+    try:
+        with pytest.raises(
+            TokenError, match="MSK IAM: could not sign a token for region eu-west-1"
+        ):
+            await provider.token()
+    finally:
+        await provider.close()
+    assert outcomes == ["error"]
+
+
+def test_msk_iam_settings_need_no_token_endpoint() -> None:
+    """OAUTHBEARER with RELAY_KAFKA_MSK_IAM_REGION: no endpoint, client id or secret."""
+    settings = Settings.from_env(
+        {
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RELAY_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "RELAY_KAFKA_MSK_IAM_REGION": "eu-west-1",
+        }
+    )
+    provider = token_provider(settings)
+    assert provider is not None
+    assert provider.credentials == MskIam("eu-west-1")

@@ -10,6 +10,10 @@ that ends sessions when their token expires (KIP-368) finds a fresh one at the r
 A refusal (a wrong client secret: ``401 invalid_client``) is a :class:`TokenError` whose
 message names the endpoint, the client id and the error the endpoint gave, never the secret
 or a token. The relay logs it and keeps retrying, answering the retryable status meanwhile.
+
+For Amazon MSK's IAM access control (:class:`MskIam`) the token is instead a SigV4-signed
+URL made from the process's AWS credentials by AWS's ``aws-msk-iam-sasl-signer-python`` (the
+``msk`` extra), and refreshed in the same way.
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ class ClientCredentials:
     client_secret: str = field(repr=False)
     #: space-separated scopes, as the endpoint wants them; None sends none
     scope: str | None = None
+
+
+@dataclass(frozen=True)
+class MskIam:
+    """Amazon MSK IAM: tokens signed for the cluster's region with the AWS credentials."""
+
+    region: str
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,7 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is
 
     def __init__(
         self,
-        credentials: ClientCredentials,
+        credentials: ClientCredentials | MskIam,
         *,
         on_fetch: Callable[[str], None] = lambda outcome: None,
         clock: Callable[[], float] = time.monotonic,
@@ -156,8 +167,26 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is
             return current.access_token
 
     async def _fetch(self) -> Token:
-        """Ask the token endpoint for a token and keep it."""
-        creds = self.credentials
+        """Get a token (from the endpoint, or signed for MSK) and keep it."""
+        try:
+            if isinstance(self.credentials, MskIam):
+                token = await _sign_for_msk(self.credentials, time.time)
+            else:
+                token = await self._ask_endpoint(self.credentials)
+        except TokenError as exc:
+            self._on_fetch(exc.outcome)
+            raise
+        self._token, self._received = token, self._clock()
+        self._on_fetch("ok")
+        log.info(
+            "kafka OAuth token received, valid for %.0f s",
+            token.lifetime_s,
+            extra={"event": "kafka_oauth_token", "lifetime_s": token.lifetime_s},
+        )
+        return token
+
+    async def _ask_endpoint(self, creds: ClientCredentials) -> Token:
+        """The client-credentials grant at the token endpoint."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT_S)
@@ -172,25 +201,12 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is
             ) as answer:
                 status, body = answer.status, await answer.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._on_fetch("error")
             raise TokenError(
                 f"kafka OAuth: could not reach the token endpoint {creds.token_endpoint}: "
                 f"{type(exc).__name__}: {exc}",
                 outcome="error",
             ) from None
-        try:
-            token = read_answer(creds, status, body)
-        except TokenError as exc:
-            self._on_fetch(exc.outcome)
-            raise
-        self._token, self._received = token, self._clock()
-        self._on_fetch("ok")
-        log.info(
-            "kafka OAuth token received, valid for %.0f s",
-            token.lifetime_s,
-            extra={"event": "kafka_oauth_token", "lifetime_s": token.lifetime_s},
-        )
-        return token
+        return read_answer(creds, status, body)
 
     async def _refresh(self) -> None:
         """Fetch the next token at 80% of the current one's life; retry until it is got."""
@@ -220,3 +236,34 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is
                 await self._refresher
         if self._session is not None:
             await self._session.close()
+
+
+def msk_signer_installed() -> bool:
+    """Whether the ``msk`` extra (aws-msk-iam-sasl-signer-python) can be imported."""
+    try:
+        import aws_msk_iam_sasl_signer  # noqa: F401 -- only whether it imports
+    except ImportError:
+        return False
+    return True
+
+
+async def _sign_for_msk(msk: MskIam, now: Callable[[], float]) -> Token:
+    """An MSK IAM token: AWS's signer, in a thread (it may ask AWS for credentials)."""
+    try:
+        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+    except ImportError:
+        raise TokenError(
+            "kafka MSK IAM: needs the msk extra (pip install 'hoopai-relay[msk]')",
+            outcome="error",
+        ) from None
+    try:
+        token, expiry_ms = await asyncio.to_thread(
+            MSKAuthTokenProvider.generate_auth_token, msk.region
+        )
+    except Exception as exc:  # botocore's errors have no common base worth naming here
+        raise TokenError(
+            f"kafka MSK IAM: could not sign a token for region {msk.region}: "
+            f"{type(exc).__name__}: {exc}",
+            outcome="error",
+        ) from None
+    return Token(str(token), max(0.0, expiry_ms / 1000 - now()))

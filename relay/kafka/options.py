@@ -11,7 +11,7 @@ from aiokafka.helpers import create_ssl_context
 
 from relay.errors import ConfigError
 from relay.kafka import check
-from relay.kafka.oauth import ClientCredentials, TokenProvider
+from relay.kafka.oauth import ClientCredentials, MskIam, TokenProvider, msk_signer_installed
 from relay.settings import Settings
 
 
@@ -24,6 +24,8 @@ def token_provider(
         and settings.kafka_sasl_mechanism == "OAUTHBEARER"
     ):
         return None
+    if settings.kafka_msk_iam_region is not None:
+        return TokenProvider(MskIam(settings.kafka_msk_iam_region), on_fetch=on_fetch)
     endpoint = settings.kafka_oauth_token_endpoint
     client_id, secret = settings.kafka_oauth_client_id, settings.kafka_oauth_client_secret
     if not (endpoint and client_id and secret):  # Settings.validate() refuses this already
@@ -56,6 +58,19 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
         raise ConfigError(f"{named or 'the system CAs'}: {exc}") from None
     context.check_hostname = settings.kafka_ssl_check_hostname
     return context
+
+
+def check_at_start(settings: Settings) -> None:
+    """What only shows when the clients start, checked at start-up: ConfigError, exit 2.
+
+    The TLS files must load; MSK IAM needs its extra installed.
+    """
+    ssl_context(settings)
+    if settings.kafka_msk_iam_region is not None and not msk_signer_installed():
+        raise ConfigError(
+            f"RELAY_KAFKA_MSK_IAM_REGION={settings.kafka_msk_iam_region}: needs the msk extra "
+            "(pip install 'hoopai-relay[msk]'), which is not installed"
+        )
 
 
 def client_options(settings: Settings, tokens: TokenProvider | None = None) -> dict[str, Any]:

@@ -22,7 +22,13 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
         source = "the published HighLevel keys (relay/ingress/keys)"
     legacy = "accepted" if settings.accept_legacy_rsa else "refused (RELAY_ACCEPT_LEGACY_RSA)"
     security = settings.kafka_security_protocol
-    if security.startswith("SASL") and settings.kafka_sasl_mechanism == "OAUTHBEARER":
+    oauth = security.startswith("SASL") and settings.kafka_sasl_mechanism == "OAUTHBEARER"
+    if oauth and settings.kafka_msk_iam_region is not None:
+        security += (
+            f" (OAUTHBEARER: Amazon MSK IAM, region {settings.kafka_msk_iam_region}, "
+            "the process's AWS credentials)"
+        )
+    elif oauth:
         scope = f", scope {settings.kafka_oauth_scope}" if settings.kafka_oauth_scope else ""
         security += (
             f" (OAUTHBEARER: client {settings.kafka_oauth_client_id} at "

@@ -202,9 +202,9 @@ Deployment, so that every render checks them.
 {{- fail (printf "kafka.oauth.existingSecret is set but the SASL mechanism is %s over %s: use config.kafka_sasl_mechanism OAUTHBEARER with SASL_SSL" $mechanism $protocol) }}
 {{- end }}
 {{- end }}
-{{- if $oauth }}
+{{- if and $oauth (not $config.kafka_msk_iam_region) }}
 {{- if not (and $config.kafka_oauth_token_endpoint $config.kafka_oauth_client_id) }}
-{{- fail "config.kafka_sasl_mechanism is OAUTHBEARER but config.kafka_oauth_token_endpoint or config.kafka_oauth_client_id is empty" }}
+{{- fail "config.kafka_sasl_mechanism is OAUTHBEARER but config.kafka_oauth_token_endpoint or config.kafka_oauth_client_id is empty (or set config.kafka_msk_iam_region for MSK IAM)" }}
 {{- end }}
 {{- $envSecret := false }}
 {{- range .Values.extraEnv }}
