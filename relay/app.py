@@ -29,8 +29,13 @@ from relay.metrics import Metrics, in_files
 from relay.settings import Settings
 from relay.spool.spooler import Spooler, bind_metrics, write_gauges
 from relay.spool.store import Spool
+from relay.workflows import topic_of
 
 WEBHOOK_PATH = "/webhooks/hoopai"
+#: one path per ``[workflows.<name>]`` source (relay/ingress/handler.py, receive_workflow)
+WORKFLOW_PATH = WEBHOOK_PATH + "/workflows/{name}"
+#: one path per ``[workflows.<name>]`` source (relay/ingress/handler.py, receive_workflow)
+WORKFLOW_PATH = WEBHOOK_PATH + "/workflows/{name}"
 
 
 def load_keys(settings: Settings) -> KeySet:
@@ -58,11 +63,12 @@ async def _stop(task: asyncio.Task[None]) -> None:
 
 async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     """The producer, connected in the background; the direct delivery unless a spool follows."""
-    settings = app[appkeys.SETTINGS]
+    settings, routes = app[appkeys.SETTINGS], app[appkeys.ROUTES]
     tokens = app[appkeys.METRICS].oauth_token_fetches
+    workflow_topics = [topic_of(source, routes.prefix) for source in settings.workflows]
     publisher = Publisher(
         settings,
-        all_topics(app[appkeys.ROUTES]),
+        [*all_topics(routes), *workflow_topics],
         on_token_fetch=lambda outcome: tokens.labels(outcome=outcome).inc(),
     )
     app[appkeys.PUBLISHER] = publisher
@@ -130,6 +136,7 @@ def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Appl
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
     app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)
     app[appkeys.SHUTTING_DOWN] = asyncio.Event()
+    app[appkeys.WORKFLOWS] = {source.name: source for source in settings.workflows}
     if delivery is not None:
         app[appkeys.DELIVERY] = delivery
     else:
@@ -140,6 +147,9 @@ def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Appl
         app.cleanup_ctx.append(_probe_ctx)
     # limits.expect_continue: aiohttp's default answers 500 to a non-UTF-8 Expect value.
     app.router.add_post(WEBHOOK_PATH, handler.receive, expect_handler=limits.expect_continue)
+    app.router.add_post(
+        WORKFLOW_PATH, handler.receive_workflow, expect_handler=limits.expect_continue
+    )
     app.router.add_get("/healthz", probes.healthz, expect_handler=limits.expect_continue)
     app.router.add_get("/readyz", probes.readyz, expect_handler=limits.expect_continue)
     return app

@@ -7,6 +7,7 @@ nothing that imports it back: handlers import it, it never imports a handler.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from relay.ingress.signatures import KeySet
 from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics
 from relay.settings import Settings
+from relay.workflows import WorkflowSource
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeySet)
@@ -31,3 +33,5 @@ SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 PUBLISHER = web.AppKey("publisher", Publisher)
 #: the one seam between HTTP and Kafka, direct or through the spool
 DELIVERY: web.AppKey[Delivery] = web.AppKey("delivery")
+#: the configured workflow sources, by name (relay/ingress/handler.py, receive_workflow)
+WORKFLOWS: web.AppKey[Mapping[str, WorkflowSource]] = web.AppKey("workflows")

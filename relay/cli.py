@@ -15,13 +15,14 @@ from aiokafka.errors import KafkaError
 from relay import __version__, logs, workers
 from relay.app import load_keys, load_routing
 from relay.errors import ConfigError
+from relay.ingress.tokens import AUTHORIZATION
 from relay.kafka import options as kafka_options
 from relay.kafka.check import KafkaLoginError
 from relay.kafka.oauth import TokenError
 from relay.server import run_event_loop, serve, tls_context
 from relay.settings import Settings
 from relay.tools import checkconfig, keygen, send, tail
-from relay.tools.samples import sample, sample_names
+from relay.tools.samples import SAMPLES, WORKFLOW_SAMPLES, sample, sample_names
 
 #: exit status for bad configuration, as for a usage error
 EXIT_CONFIG = 2
@@ -107,10 +108,9 @@ def _add_send(parser: argparse.ArgumentParser) -> None:
     body = parser.add_mutually_exclusive_group()
     body.add_argument(
         "--type",
-        default=send.DEFAULT_TYPE,
         metavar="NAME",
-        help=f"a published sample event (default {send.DEFAULT_TYPE}; `list` lists them, "
-        f"`{send.ALL_TYPES}` sends one of each)",
+        help=f"a published sample event (default {send.DEFAULT_TYPE}, with --workflow "
+        f"{send.DEFAULT_WORKFLOW_TYPE}; `list` lists them, `{send.ALL_TYPES}` sends one of each)",
     )
     body.add_argument(
         "--file",
@@ -133,8 +133,28 @@ def _add_send(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         help="where to POST (default: the relay of the settings, RELAY_HTTP_PORT on 127.0.0.1: "
-        f"{send.DEFAULT_URL})",
+        f"{send.DEFAULT_URL}); with --workflow NAME, /workflows/NAME is added",
     )
+    workflow = parser.add_argument_group(
+        "workflow webhooks", "send as a HighLevel workflow action: unsigned, with a token"
+    )
+    workflow.add_argument(
+        "--workflow", metavar="NAME", help="the [workflows.NAME] source to post to"
+    )
+    workflow.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="the token (the file's content without its trailing newline); needs --workflow",
+    )
+    where = workflow.add_mutually_exclusive_group()
+    where.add_argument(
+        "--token-header",
+        default=AUTHORIZATION,
+        metavar="NAME",
+        help=f"the header carrying the token (default {AUTHORIZATION}: Bearer <token>)",
+    )
+    where.add_argument("--token-query", metavar="NAME", help="send the token in the query instead")
     parser.add_argument("--location", metavar="ID", help="set the body's locationId")
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument(
@@ -230,34 +250,29 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace) -> int:
     """``relay send``: 0 if every delivery was answered 2xx, 1 if not, 2 for bad arguments."""
+    folder = SAMPLES if args.workflow is None else WORKFLOW_SAMPLES
+    if args.type == "list":
+        print("\n".join(sample_names(folder)))
+        return 0
+    if (args.workflow is None) != (args.token_file is None):
+        print("relay send: --workflow and --token-file go together", file=sys.stderr)
+        return EXIT_USAGE
     if args.file is not None:
         try:
             raws = [args.file.read_bytes()]
         except OSError as exc:
             print(f"relay send: --file {args.file}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
-    elif args.type == "list":
-        print("\n".join(sample_names()))
-        return 0
     elif args.type == send.ALL_TYPES:
-        raws = [sample(name) for name in sample_names()]
+        raws = [sample(name, folder) for name in sample_names(folder)]
     else:
+        default = send.DEFAULT_TYPE if args.workflow is None else send.DEFAULT_WORKFLOW_TYPE
         try:
-            raws = [sample(args.type)]
+            raws = [sample(args.type or default, folder)]
         except KeyError:
-            names = "\n".join(sample_names())
+            names = "\n".join(sample_names(folder))
             print(f"relay send: unknown --type {args.type}; one of:\n{names}", file=sys.stderr)
             return EXIT_USAGE
-    made = [send.bodies(raw, location=args.location) for raw in raws]
-    if not all(is_object for _, is_object in made):
-        print(f"relay send: {args.file} is not a JSON object: sent as it is", file=sys.stderr)
-    # Each body args.count times, one body after the other.
-    factories = iter([make for make, _ in made for _ in range(args.count)])
-
-    def make_body() -> bytes:
-        return next(factories)()
-
-    key = args.key or keygen.DEFAULT_DIR / ("rsa.key" if args.rsa else "ed25519.key")
     url = args.url
     if url is None:  # the relay these settings would serve
         settings = Settings.load(os.environ)
@@ -265,14 +280,36 @@ def _send(args: argparse.Namespace) -> int:
             settings.http_host, settings.http_port, tls=settings.tls_cert_file is not None
         )
     try:
-        signer = send.load_signer(key, legacy_rsa=args.rsa)
         tls = send.tls_option(url, cafile=args.cafile, insecure=args.insecure)
+        if args.workflow is None:
+            made = [send.bodies(raw, location=args.location) for raw in raws]
+            if not all(is_object for _, is_object in made):
+                print(
+                    f"relay send: {args.file} is not a JSON object: sent as it is", file=sys.stderr
+                )
+            factories = [make for make, _ in made]
+            key = args.key or keygen.DEFAULT_DIR / ("rsa.key" if args.rsa else "ed25519.key")
+            authorize: send.Authorizer = send.load_signer(key, legacy_rsa=args.rsa)
+        else:
+            # Sent as they are: a workflow action adds no webhookId or timestamp.
+            bodies = [send.workflow_body(raw, location=args.location) for raw in raws]
+            factories = [send.constant(body) for body in bodies]
+            auth = send.TokenAuth(
+                send.load_token(args.token_file), args.token_header, args.token_query
+            )
+            url, authorize = auth.url(f"{url}/workflows/{args.workflow}"), auth
     except send.SendError as exc:
         print(f"relay send: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    count = args.count * len(made)
+    # Each body args.count times, one body after the other.
+    queue = iter([make for make in factories for _ in range(args.count)])
+
+    def make_body() -> bytes:
+        return next(queue)()
+
+    count = args.count * len(factories)
     try:
-        ok = asyncio.run(send.deliver(url, make_body, signer, count=count, tls=tls))
+        ok = asyncio.run(send.deliver(url, make_body, authorize, count=count, tls=tls))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0 if ok else 1

@@ -40,6 +40,8 @@ class Outcome(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     #: 2xx: fsynced in the spool (RELAY_SPOOL_DIR), to be drained into Kafka
     SPOOLED = "spooled"
+    #: 404: a workflow path whose name no [workflows.<name>] table configures
+    NOT_FOUND = "not_found"
 
 
 def in_files() -> bool:
@@ -61,6 +63,12 @@ class Metrics:
             "relay_requests", "Webhook requests by outcome and event type.",
             ["outcome", "event_type"], registry=r,
         )  # fmt: skip
+        self.workflow_requests = Counter(
+            "relay_workflow_requests",
+            "Workflow webhook requests by source (a configured name) and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
         self.unauthenticated = Counter(
             "relay_unauthenticated_requests",
             "Requests refused with 401, by reason.",

@@ -21,6 +21,8 @@ __all__ = [
     "SIGNATURE_SCHEMES",
     "Record",
     "build_record",
+    "cloudevents_headers",
+    "format_time",
     "idempotency_key",
 ]
 
@@ -30,7 +32,7 @@ DEFAULT_SOURCE: Final = "hoopai-relay"
 SIGNATURE_SCHEMES: Final = frozenset({"ed25519", "rsa-sha256"})
 
 _TYPE_PREFIX: Final = "com.hoopai."
-_UNKNOWN_TYPE: Final = b"com.hoopai.unknown"
+_UNKNOWN_TYPE: Final = "com.hoopai.unknown"
 _SPECVERSION: Final = ("ce_specversion", b"1.0")
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
 # RFC 3339 date-time in the form every CloudEvents SDK parses: "T", upper-case "Z" or a
@@ -80,12 +82,26 @@ def _rfc3339(value: object) -> str | None:
     return value
 
 
-def _format_time(when: datetime) -> str:
+def format_time(when: datetime) -> str:
     """Format an aware datetime as RFC 3339 UTC with millisecond precision and ``Z``."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("received_at must be timezone-aware")
     utc = when.astimezone(UTC).replace(tzinfo=None)
     return utc.isoformat(timespec="milliseconds") + "Z"
+
+
+def cloudevents_headers(
+    *, ce_id: str, ce_type: str, source: str, ce_time: str
+) -> list[tuple[str, bytes]]:
+    """The CloudEvents headers (binary mode) every record starts with, signed or not."""
+    return [
+        _SPECVERSION,
+        ("ce_id", _utf8(ce_id)),
+        ("ce_type", _utf8(ce_type)),
+        ("ce_source", _utf8(source)),
+        ("ce_time", ce_time.encode("ascii")),
+        _CONTENT_TYPE,
+    ]
 
 
 def build_record(
@@ -107,16 +123,11 @@ def build_record(
     if scheme not in SIGNATURE_SCHEMES:
         raise ValueError(f"unknown signature scheme: {scheme!r}")
     event_type = route.event_type
-    ce_type = _utf8(_TYPE_PREFIX + event_type) if event_type else _UNKNOWN_TYPE
+    ce_type = _TYPE_PREFIX + event_type if event_type else _UNKNOWN_TYPE
     timestamp = None if isinstance(event, str) else _rfc3339(event.get("timestamp"))
-    ce_time = timestamp if timestamp is not None else _format_time(received_at)
-    headers: list[tuple[str, bytes]] = [
-        _SPECVERSION,
-        ("ce_id", _utf8(ce_id)),
-        ("ce_type", ce_type),
-        ("ce_source", _utf8(source)),
-        ("ce_time", ce_time.encode("ascii")),
-        _CONTENT_TYPE,
+    ce_time = timestamp if timestamp is not None else format_time(received_at)
+    headers = cloudevents_headers(ce_id=ce_id, ce_type=ce_type, source=source, ce_time=ce_time)
+    headers += [
         ("hoopai_signature", _utf8(signature)),
         ("hoopai_signature_scheme", scheme.encode("ascii")),
     ]

@@ -18,13 +18,15 @@ import dataclasses
 import difflib
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
+from relay.workflows import TABLE as WORKFLOWS_TABLE
+from relay.workflows import WorkflowSource, check_sources, load_tokens, parse_sources
 
 T = TypeVar("T")
 
@@ -376,6 +378,9 @@ class Settings:
         "with the spool on, how long a record waits for Kafka's ack before it is spooled "
         "(at most `RELAY_ACK_TIMEOUT_MS`)",
     )
+    #: the settings file's ``[workflows.<name>]`` tables (relay/workflows.py): tables, with
+    #: no ``RELAY_*`` variable nor row in the settings table (README, "Workflow webhooks")
+    workflows: tuple[WorkflowSource, ...] = dataclasses.field(default=())
 
     @classmethod
     def load(cls, environ: Mapping[str, str], *, use_file: bool = True) -> Settings:
@@ -388,7 +393,13 @@ class Settings:
             explicit = environ.get(CONFIG_FILE_VARIABLE)
             path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
             values = _read_file(path, required=bool(explicit))
-        check_variables(environ)
+        sources = values.get(WORKFLOWS_TABLE)
+        token_variables = (
+            {variable for source in sources for variable in source.token_env}
+            if isinstance(sources, tuple)
+            else set()
+        )
+        check_variables(environ, token_variables)
         for name, spec in specs():
             variable = f"RELAY_{name.upper()}"
             if variable in environ and not is_service_link(variable, environ[variable]):
@@ -397,6 +408,8 @@ class Settings:
             secret_file = values.get(file_setting)
             if isinstance(secret_file, Path) and values.get(secret) is None:
                 values[secret] = _read_secret(file_setting, secret_file)
+        if isinstance(sources, tuple):
+            values[WORKFLOWS_TABLE] = load_tokens(sources, environ)
         settings = cls(**values)  # type: ignore[arg-type]  # each value was cast for its field
         settings.validate()
         return settings
@@ -450,6 +463,7 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ConfigError(f"{_describe(self, name)}: no such file")
+        check_sources(self.workflows, self.topic_prefix)
 
     def _validate_oauth(self) -> None:
         """OAUTHBEARER: an endpoint reached safely, a client id and its secret (or MSK IAM)."""
@@ -509,16 +523,17 @@ def known_variables() -> list[str]:
     return [CONFIG_FILE_VARIABLE, *(f"RELAY_{name.upper()}" for name, _ in specs())]
 
 
-def check_variables(environ: Mapping[str, str]) -> None:
+def check_variables(environ: Mapping[str, str], token_variables: Collection[str] = ()) -> None:
     """Refuse a ``RELAY_*`` variable that is no setting, naming the nearest one.
 
     ``RELAY_PUBLIC_KEY`` (singular) or ``RELAY_HTTP_PROT`` would otherwise be ignored, and
     the relay would start, and answer 401 to every delivery. Kubernetes' service-link
-    variables (:func:`is_service_link`) are not settings and pass.
+    variables (:func:`is_service_link`) are not settings and pass, and so do the variables
+    a workflow source's ``token_env`` names (``token_variables``).
     """
     known = known_variables()
     for variable in sorted(environ):
-        if not variable.startswith("RELAY_") or variable in known:
+        if not variable.startswith("RELAY_") or variable in known or variable in token_variables:
             continue
         if is_service_link(variable, environ[variable].strip()):
             continue
@@ -530,15 +545,18 @@ def check_variables(environ: Mapping[str, str]) -> None:
 
 
 def specs() -> Iterator[tuple[str, Spec]]:
-    """Each setting's name and :class:`Spec`, in declaration order."""
+    """Each setting's name and :class:`Spec`, in declaration order (not the tables)."""
     for each in dataclasses.fields(Settings):
-        yield each.name, each.metadata["spec"]
+        if "spec" in each.metadata:
+            yield each.name, each.metadata["spec"]
 
 
 def readme_rows() -> list[str]:
     """The rows of the README's settings table, one per setting, as the README has them."""
     rows = []
     for each in dataclasses.fields(Settings):
+        if "spec" not in each.metadata:
+            continue  # a table of the file, documented with its own section
         spec: Spec = each.metadata["spec"]
         if spec.shown is not None:
             shown = spec.shown
@@ -571,6 +589,9 @@ def _read_file(path: Path, *, required: bool) -> dict[str, object]:
     known = dict(specs())
     values: dict[str, object] = {}
     for name, raw in data.items():
+        if name == WORKFLOWS_TABLE:  # tables, not a setting of RELAY_* form
+            values[name] = parse_sources(raw, str(path))
+            continue
         if name in SECRET_SETTINGS:
             raise ConfigError(
                 f"{path}: {name} is a secret: set RELAY_{name.upper()} or {name}_file instead"

@@ -26,7 +26,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.app import WEBHOOK_PATH, load_keys, load_routing
+from relay.app import WEBHOOK_PATH, WORKFLOW_PATH, load_keys, load_routing
 from relay.errors import PublishError
 from relay.ingress.signatures import Reason
 from relay.metrics import Outcome
@@ -67,6 +67,7 @@ CHART_OWNED = frozenset(
         "kafka_sasl_password_file",
         "kafka_oauth_client_secret_file",
         "spool_dir",  # RELAY_SPOOL_DIR, from spool.mountPath
+        "workflows",  # [workflows.<name>] tables, from workflows
     }
 )
 #: labels Prometheus adds to every series of a target: never in a scrape, fine in a selector
@@ -330,6 +331,8 @@ def test_rendered_config_is_what_the_relay_loads(
         for item in ref["items"]:
             if kind == "configMap":
                 content = configmaps[ref["name"]][item["key"]]
+            elif item["path"].startswith("workflows/"):  # a token: no space in it
+                content = f"from:{ref['name']}/{item['key']}\n"
             else:  # an existing Secret: its content is not the chart's business
                 content = f"from {ref['name']}/{item['key']}\n"
             path = tmp_path / item["path"]
@@ -349,6 +352,20 @@ def test_rendered_config_is_what_the_relay_loads(
             Settings(), kafka_bootstrap_servers=("kafka-bootstrap:9092",)
         )
         assert settings == placeholder
+    if values_file == CI_VALUES["workflows"]:
+        sources = {source.name: source for source in settings.workflows}
+        assert sorted(sources) == ["forms", "leads", "shop"]
+        assert sources["leads"].tokens.accepts(b"from:hoopai-workflow-leads/token-2026-11")
+        assert len(sources["leads"].tokens) == 2
+        shop = sources["shop"]
+        assert (shop.token_header, shop.topic, shop.key) == (
+            "X-Hook-Token",
+            "crm.shop-events",
+            ("customData", "shop_id"),
+        )
+        assert shop.idempotency_field == ("customData", "order_id")
+        forms = sources["forms"]
+        assert (forms.token_query, forms.key, forms.idempotency) == ("token", (), "digest")
     if values_file == CI_VALUES["all-on"]:
         assert settings.kafka_sasl_password == "from hoopai-relay-kafka-user/password"
         assert len(settings.public_keys) == 2
@@ -463,13 +480,74 @@ def test_public_keys_are_mounted_from_a_configmap() -> None:
 
 
 def test_ingress_exposes_only_the_webhook_path() -> None:
-    """The Ingress routes the webhook path, exactly, to the http port."""
+    """The Ingress routes the webhook path, and each workflow source's, exactly, to http."""
     ingress = only(render(CI_VALUES["all-on"]), "Ingress")["spec"]
     (rule,) = ingress["rules"]
-    (path,) = rule["http"]["paths"]
-    assert (path["path"], path["pathType"]) == (WEBHOOK_PATH, "Exact")
-    assert path["backend"]["service"]["port"] == {"name": "http"}
+    paths = rule["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [
+        (WEBHOOK_PATH, "Exact"),
+        (WORKFLOW_PATH.format(name="leads"), "Exact"),
+    ]
+    for path in paths:
+        assert path["backend"]["service"]["port"] == {"name": "http"}
     assert ingress["tls"][0]["hosts"] == [rule["host"]]
+    # Without workflow sources, the webhook path alone, as before they existed.
+    plain = only(
+        render(values={"ingress": {"enabled": True, "hosts": ["h.example.com"]}}), "Ingress"
+    )
+    ((only_path,),) = [r["http"]["paths"] for r in plain["spec"]["rules"]]
+    assert only_path["path"] == WEBHOOK_PATH
+
+
+def test_workflow_tokens_are_mounted_from_their_secrets() -> None:
+    """Each token key of each source is a file of the projected volume, from its Secret."""
+    objects = render(CI_VALUES["workflows"])
+    (volume,) = [v for v in pod_template(objects)["spec"]["volumes"] if v["name"] == "config"]
+    secrets = {
+        s["secret"]["name"]: [(i["key"], i["path"]) for i in s["secret"]["items"]]
+        for s in volume["projected"]["sources"]
+        if "secret" in s
+    }
+    assert secrets == {
+        "hoopai-workflow-forms": [("token", "workflows/forms/token")],
+        "hoopai-workflow-leads": [
+            ("token-2026-08", "workflows/leads/token-2026-08"),
+            ("token-2026-11", "workflows/leads/token-2026-11"),
+        ],
+        "hoopai-workflow-shop": [("token", "workflows/shop/token")],
+    }
+    toml = relay_toml(objects)
+    assert toml["workflows"]["leads"] == {
+        "token_files": [
+            f"{CONFIG_DIR}/workflows/leads/token-2026-08",
+            f"{CONFIG_DIR}/workflows/leads/token-2026-11",
+        ]
+    }
+    assert "workflows" not in relay_toml(render())
+    assert not find(objects, "Secret")
+
+
+@pytest.mark.parametrize(
+    ("workflow", "message"),
+    [
+        ({"tokenKeys": ["t"]}, "missing property 'existingSecret'"),
+        ({"existingSecret": "s", "tokenKeys": []}, "minItems"),
+        ({"existingSecret": "s", "tokenKeys": ["t"], "token": "x"}, "additional properties"),
+        (
+            {"existingSecret": "s", "tokenKeys": ["t"], "tokenHeader": "X-A", "tokenQuery": "a"},
+            "tokenHeader and tokenQuery: set one of them",
+        ),
+        (
+            {"existingSecret": "s", "tokenKeys": ["t"], "idempotency": "field"},
+            "idempotency field needs idempotencyField",
+        ),
+    ],
+)
+def test_workflow_values_are_checked(workflow: dict[str, Any], message: str) -> None:
+    """A source without its Secret, with an inlined token, or half set: refused by name."""
+    result = template(values={"workflows": {"leads": workflow}})
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 def test_service_monitor_scrapes_the_metrics_port() -> None:

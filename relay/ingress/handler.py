@@ -1,4 +1,4 @@
-"""``POST /webhooks/hoopai``: glue between HTTP, the pure steps and the delivery.
+"""``POST /webhooks/hoopai`` and the workflow paths: HTTP, the pure steps, the delivery.
 
 Order matters: nothing reads the body as JSON before its signature is verified over the
 exact bytes received. An authentic event is never answered 4xx (the sender retries every
@@ -8,6 +8,12 @@ with the retryable status when the delivery cannot make it durable in time.
 The steps: admission (relay/ingress/admission.py), the body (relay/ingress/body.py), the
 signature (relay/ingress/signatures.py), the record (relay/ingress/intake.py), and the
 delivery (relay/delivery.py), which is Kafka, or Kafka and the spool.
+
+``POST /webhooks/hoopai/workflows/<name>`` (:func:`receive_workflow`) takes HighLevel's
+unsigned workflow actions: the same steps and guarantees, with the source's token
+(relay/ingress/tokens.py) in place of the signature, checked before the body is read (a
+stranger's request costs no body buffer), and :func:`~relay.ingress.intake.workflow_intake`
+for the record.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -24,15 +32,19 @@ from relay import appkeys
 from relay.delivery import Spooled
 from relay.errors import NotConnected, Overloaded, ProduceFailed, PublishError
 from relay.ingress.body import Refused, read_body
-from relay.ingress.intake import Intake, intake
-from relay.ingress.routing import Kind, metric_type
+from relay.ingress.intake import Intake, intake, workflow_intake
+from relay.ingress.routing import Kind
 from relay.ingress.signatures import Reason, Rejected, Verified, verify
+from relay.ingress.tokens import from_header, from_query
 from relay.metrics import Metrics, Outcome
 from relay.settings import Settings
+from relay.workflows import WorkflowSource
 
 log = logging.getLogger(__name__)
 
 _NO_TYPE = "none"
+#: the ``reason`` of every refused workflow token: no hint which part of it failed
+WORKFLOW_TOKEN = "workflow_token"  # noqa: S105 -- a reason's name, not a password
 _KIND_OUTCOME = {
     Kind.ROUTED: Outcome.ACCEPTED,
     Kind.UNROUTED: Outcome.UNROUTED,
@@ -43,6 +55,18 @@ Answer = tuple[Outcome, web.Response]
 
 async def receive(request: web.Request) -> web.Response:
     """Verify, route and deliver one webhook; 2xx only once it is durable."""
+    return await _admitted(request, _handle)
+
+
+async def receive_workflow(request: web.Request) -> web.Response:
+    """Check the token, then deliver one workflow request; 2xx only once it is durable."""
+    return await _admitted(request, _handle_workflow)
+
+
+async def _admitted(
+    request: web.Request, handle: Callable[[web.Request], Awaitable[Answer]]
+) -> web.Response:
+    """``handle`` the request within the in-flight cap, else shed it at once; timed."""
     started = time.monotonic()
     app = request.app
     admission = app[appkeys.ADMISSION]
@@ -53,7 +77,7 @@ async def receive(request: web.Request) -> web.Response:
         )
     else:
         try:
-            outcome, response = await _handle(request)
+            outcome, response = await handle(request)
         finally:
             admission.leave()
     elapsed = time.monotonic() - started
@@ -118,13 +142,10 @@ async def _handle(request: web.Request) -> Answer:
     app = request.app
     settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
     # The loop's clock, as asyncio.timeout_at wants; the sender gives up after 5 s.
-    deadline = asyncio.get_running_loop().time() + settings.ack_timeout_ms / 1000
+    deadline = _deadline(settings)
     body = await read_body(request, settings.max_body_bytes, deadline)
     if isinstance(body, Refused):
-        outcome, response = _answer(metrics, body.status, body.outcome, _NO_TYPE, **body.fields)
-        if body.close:
-            response.force_close()
-        return outcome, response
+        return _refused(metrics, body)
     verdict = _verify(request, body)
     if isinstance(verdict, Rejected):
         metrics.unauthenticated.labels(reason=verdict.reason.value).inc()
@@ -137,15 +158,81 @@ async def _handle(request: web.Request) -> Answer:
         source=settings.ce_source,
         received_at=datetime.now(UTC),
     )
-    if taken.ce_id in app[appkeys.RECENT_IDS]:
-        return _answer(metrics, 200, Outcome.DUPLICATE, metric_type(taken.route), id=taken.ce_id)
     return await _deliver(request.app, taken, deadline)
 
 
-async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answer:
-    """Hand the record to the delivery; 200 once it is durable, else the retryable status."""
+def _deadline(settings: Settings) -> float:
+    """The request's deadline on the loop's clock, as asyncio.timeout_at wants it.
+
+    The sender gives up after 5 s; ``ack_timeout_ms`` is under that.
+    """
+    return asyncio.get_running_loop().time() + settings.ack_timeout_ms / 1000
+
+
+def _refused(metrics: Metrics, body: Refused) -> Answer:
+    """The answer to a body not read (415, 413, 408, 400)."""
+    outcome, response = _answer(metrics, body.status, body.outcome, _NO_TYPE, **body.fields)
+    if body.close:
+        response.force_close()
+    return outcome, response
+
+
+def _presented(request: web.Request, source: WorkflowSource) -> bytes | None:
+    """The token the request carries where ``source`` expects it, or None."""
+    if source.token_query is not None:
+        return from_query(request.query.getall(source.token_query, []))
+    return from_header(request.headers.getall(source.token_header, []), bearer=source.bearer)
+
+
+async def _handle_workflow(request: web.Request) -> Answer:
+    """One admitted workflow request: the source by name (404), then its token and body."""
+    app = request.app
+    metrics = app[appkeys.METRICS]
+    source = app[appkeys.WORKFLOWS].get(request.match_info["name"])
+    if source is None:
+        # Not counted by name: a label takes configured names only, never the URL's.
+        return _answer(metrics, 404, Outcome.NOT_FOUND, _NO_TYPE)
+    outcome, response = await _authenticated(request, source)
+    metrics.workflow_requests.labels(source=source.name, outcome=outcome.value).inc()
+    return outcome, response
+
+
+async def _authenticated(request: web.Request, source: WorkflowSource) -> Answer:
+    """The token (one 401 for every way of getting it wrong), the body, the delivery."""
+    app = request.app
     settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
-    event_type = metric_type(taken.route)
+    deadline = _deadline(settings)
+    if not source.tokens.accepts(_presented(request, source)):
+        metrics.unauthenticated.labels(reason=WORKFLOW_TOKEN).inc()
+        log.info(
+            "unauthenticated",
+            extra={"reason": WORKFLOW_TOKEN, "workflow": source.name, "peer": request.remote},
+        )
+        return _answer(metrics, 401, Outcome.UNAUTHENTICATED, _NO_TYPE, reason=WORKFLOW_TOKEN)
+    body = await read_body(request, settings.max_body_bytes, deadline)
+    if isinstance(body, Refused):
+        return _refused(metrics, body)
+    taken = workflow_intake(
+        body,
+        source,
+        app[appkeys.ROUTES],
+        ce_source=settings.ce_source,
+        received_at=datetime.now(UTC),
+        fresh_id=str(uuid.uuid4()),
+    )
+    return await _deliver(app, taken, deadline)
+
+
+async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answer:
+    """Hand the record to the delivery; 200 once it is durable, else the retryable status.
+
+    A repeat of an id in the window of recent ids is answered at once, not delivered again.
+    """
+    settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
+    event_type = taken.event_type
+    recent = app[appkeys.RECENT_IDS]
+    if taken.dedup_key is not None and taken.dedup_key in recent:
+        return _answer(metrics, 200, Outcome.DUPLICATE, event_type, id=taken.ce_id)
     started = time.monotonic()
     try:
         receipt = await app[appkeys.DELIVERY].deliver(taken.record, deadline)
@@ -157,7 +244,8 @@ async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answ
         level = logging.DEBUG if isinstance(exc, NotConnected) else logging.WARNING
         log.log(level, "not acknowledged", extra={"cause": exc.label, "detail": str(exc)})
         return _retryable(settings, metrics, exc.label, event_type)
-    app[appkeys.RECENT_IDS].add(taken.ce_id)
+    if taken.dedup_key is not None:
+        recent.add(taken.dedup_key)
     if isinstance(receipt, Spooled):
         # Fsynced in the spool: durable on this pod's disk, in Kafka once drained.
         topic = taken.record.topic

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from cryptography import x509
 
+from relay.app import WORKFLOW_PATH
 from relay.ingress.routing import Routes, all_topics
 from relay.ingress.signatures import KeySet, spki_sha256
 from relay.kafka.options import ssl_context
 from relay.settings import Settings
 from relay.spool.store import check_dir
+from relay.workflows import WorkflowSource, topic_of
 
 
 def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
@@ -64,6 +66,8 @@ def summary(settings: Settings, keys: KeySet, routes: Routes) -> list[str]:
         *(f"  {spki_sha256(key)}" for key in keys.ed25519),
         f"rsa keys:        {len(keys.rsa)}, legacy X-WH-Signature {legacy}",
         *(f"  {spki_sha256(key)}" for key in keys.rsa),
+        f"workflows:       {len(settings.workflows) or 'none'}",
+        *(_workflow(source, settings.topic_prefix) for source in settings.workflows),
     ]
     return lines
 
@@ -103,4 +107,17 @@ def _subjects(path: Path) -> str:
     return "; ".join(
         f"{cert.subject.rfc4514_string()}, until {cert.not_valid_after_utc:%Y-%m-%d}"
         for cert in certs
+    )
+
+
+def _workflow(source: WorkflowSource, prefix: str) -> str:
+    """One source: its name, path, token count and where the tokens are; never a token."""
+    key = ".".join(source.key) or "none"
+    ids = source.idempotency.value
+    if source.idempotency_field:
+        ids += " " + ".".join(source.idempotency_field)
+    return (
+        f"  {source.name}: POST {WORKFLOW_PATH.format(name=source.name)}, "
+        f"{len(source.tokens)} token(s) in {source.token_location()}, "
+        f"topic {topic_of(source, prefix)}, key {key}, idempotency {ids}"
     )

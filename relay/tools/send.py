@@ -1,7 +1,8 @@
 """``relay send``: a stand-in for HoopAI that signs deliveries and POSTs them to a relay.
 
 It signs with a private key of ``relay keygen`` (Ed25519, or the legacy RSA with ``--rsa``),
-so the relay under test must be started with the matching public key.
+so the relay under test must be started with the matching public key. With ``--workflow``
+it is a HighLevel workflow action instead: unsigned, with a token (:class:`TokenAuth`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import io
 import ssl
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TextIO
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from relay.ingress.signatures import spki_sha256
+from relay.ingress.tokens import AUTHORIZATION, bad_token, without_newline
 from relay.tools.deliveries import as_delivery, sign_ed25519, sign_rsa
 from relay.tools.show import one_line
 
@@ -30,11 +33,15 @@ DEFAULT_TYPE: Final = "ContactCreate"
 #: ``--type all``: one delivery of every sample
 ALL_TYPES: Final = "all"
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 -- compared, not bound
+#: the sample a ``--workflow`` sends by default: HighLevel's standard Webhook action
+DEFAULT_WORKFLOW_TYPE: Final = "Webhook"
 #: the whole request, connect to last byte of the answer (HighLevel itself waits about 5 s)
 TIMEOUT_S: Final = 10.0
 
 #: a function that returns the next body to send
 Bodies = Callable[[], bytes]
+#: what authenticates a request: the headers to send with a body
+Authorizer = Callable[[bytes], dict[str, str]]
 
 
 class SendError(Exception):
@@ -59,6 +66,67 @@ class Signer:
         if isinstance(self.key, RSAPrivateKey):
             return sign_rsa(self.key, body)
         return sign_ed25519(self.key, body)
+
+    def __call__(self, body: bytes) -> dict[str, str]:
+        """The signature header for ``body``."""
+        return {self.header: self.sign(body)}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuth:
+    """A workflow action's token, in a header (``Authorization: Bearer`` by default).
+
+    Or in the query: then :meth:`url` puts it there, and no header carries it.
+    """
+
+    token: str = field(repr=False)
+    header: str = AUTHORIZATION
+    query: str | None = None
+
+    def url(self, base: str) -> str:
+        """``base`` with the token as a query parameter, when that is where it goes."""
+        if self.query is None:
+            return base
+        joiner = "&" if "?" in base else "?"
+        return f"{base}{joiner}{urlencode({self.query: self.token})}"
+
+    def __call__(self, body: bytes) -> dict[str, str]:
+        """The token header, if the token goes in one."""
+        if self.query is not None:
+            return {}
+        bearer = self.header.lower() == AUTHORIZATION.lower()
+        return {self.header: f"Bearer {self.token}" if bearer else self.token}
+
+
+def load_token(path: Path) -> str:
+    """The token in ``path``, as the relay reads its own token files."""
+    try:
+        token = without_newline(path.read_bytes())
+    except OSError as exc:
+        raise SendError(f"--token-file {path}: unreadable ({exc.strerror or exc})") from None
+    if bad_token(token) is not None:
+        raise SendError(f"--token-file {path}: not a token the relay accepts ({bad_token(token)})")
+    return token.decode("ascii")
+
+
+def constant(body: bytes) -> Bodies:
+    """A factory of the same body each time, as a workflow action sends it."""
+    return lambda: body
+
+
+def workflow_body(raw: bytes, *, location: str | None = None) -> bytes:
+    """A workflow sample as it is, or with ``location.id`` set when ``location`` is given."""
+    if location is None:
+        return raw
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise SendError("--location needs a JSON object body")
+    place = payload.get("location")
+    payload["location"] = {**(place if isinstance(place, dict) else {}), "id": location}
+    return orjson.dumps(payload)
 
 
 def load_signer(path: Path, *, legacy_rsa: bool) -> Signer:
@@ -150,14 +218,16 @@ def _is_bad_signature(status: int, answer: str) -> bool:
 async def deliver(
     url: str,
     make_body: Bodies,
-    signer: Signer,
+    authorize: Authorizer,
     *,
     count: int = 1,
     tls: ssl.SSLContext | bool = True,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> bool:
-    """POST ``count`` signed bodies one after the other; print ``<status> <answer>`` for each.
+    """POST ``count`` bodies one after the other; print ``<status> <answer>`` for each.
+
+    ``authorize`` gives each body its headers: a :class:`Signer`, or a :class:`TokenAuth`.
 
     True if every answer was 2xx. Stops at the first delivery that gets no answer at all.
     After a ``401 bad_signature``, says once on ``err`` which key the relay should trust.
@@ -169,7 +239,7 @@ async def deliver(
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for _ in range(count):
             body = make_body()
-            headers = {"Content-Type": "application/json", signer.header: signer.sign(body)}
+            headers = {"Content-Type": "application/json", **authorize(body)}
             try:
                 # BytesIO: aiohttp warns about large raw bytes bodies; the bytes sent are the same.
                 async with session.post(url, data=io.BytesIO(body), headers=headers) as response:
@@ -180,7 +250,11 @@ async def deliver(
                 return False
             print(f"{response.status} {one_line(answer.strip())}", file=out, flush=True)
             all_ok = all_ok and 200 <= response.status < 300
-            if not hinted and _is_bad_signature(response.status, answer):
-                print(bad_signature_hint(signer), file=err, flush=True)
+            if (
+                isinstance(authorize, Signer)
+                and not hinted
+                and _is_bad_signature(response.status, answer)
+            ):
+                print(bad_signature_hint(authorize), file=err, flush=True)
                 hinted = True
     return all_ok

@@ -137,6 +137,24 @@ schema allows is also valid TOML, and keeps integers integers (Helm's toToml wou
 {{- range $key, $value := include "hoopai-relay.settings" . | fromJson }}
 {{ $key }} = {{ toJson $value }}
 {{- end }}
+{{- $dir := include "hoopai-relay.configDir" . }}
+{{- range $name, $source := .Values.workflows }}
+
+[workflows.{{ $name }}]
+{{- $files := list }}
+{{- range $source.tokenKeys }}
+{{- $files = append $files (printf "%s/workflows/%s/%s" $dir $name .) }}
+{{- end }}
+token_files = {{ toJson $files }}
+{{- range $value, $key := dict "tokenHeader" "token_header" "tokenQuery" "token_query" "topic" "topic" "idempotency" "idempotency" "idempotencyField" "idempotency_field" }}
+{{- with (get $source $value) }}
+{{ $key }} = {{ toJson . }}
+{{- end }}
+{{- end }}
+{{- if hasKey $source "key" }}
+key = {{ toJson $source.key }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -266,6 +284,14 @@ Deployment, so that every render checks them.
 {{- with .Values.autoscaling }}
 {{- if and .enabled (gt (int .minReplicas) (int .maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%v) is greater than autoscaling.maxReplicas (%v)" .minReplicas .maxReplicas) }}
+{{- end }}
+{{- end }}
+{{- range $name, $source := .Values.workflows }}
+{{- if and $source.tokenHeader $source.tokenQuery }}
+{{- fail (printf "workflows.%s: tokenHeader and tokenQuery: set one of them" $name) }}
+{{- end }}
+{{- if and (eq ($source.idempotency | default "") "field") (not $source.idempotencyField) }}
+{{- fail (printf "workflows.%s: idempotency field needs idempotencyField" $name) }}
 {{- end }}
 {{- end }}
 {{- with .Values.networkPolicy }}
