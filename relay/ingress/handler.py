@@ -148,9 +148,7 @@ async def _handle(request: web.Request) -> Answer:
         return _refused(metrics, body)
     verdict = _verify(request, body)
     if isinstance(verdict, Rejected):
-        metrics.unauthenticated.labels(reason=verdict.reason.value).inc()
-        log.info("unauthenticated", extra={"reason": verdict.reason.value, "peer": request.remote})
-        return _answer(metrics, 401, Outcome.UNAUTHENTICATED, _NO_TYPE, reason=verdict.reason.value)
+        return _unauthenticated(request, verdict.reason.value)
     taken = intake(
         body,
         verdict,
@@ -167,6 +165,14 @@ def _deadline(settings: Settings) -> float:
     The sender gives up after 5 s; ``ack_timeout_ms`` is under that.
     """
     return asyncio.get_running_loop().time() + settings.ack_timeout_ms / 1000
+
+
+def _unauthenticated(request: web.Request, reason: str, **context: str) -> Answer:
+    """The 401, counted by reason and logged with the peer (never the credential)."""
+    metrics = request.app[appkeys.METRICS]
+    metrics.unauthenticated.labels(reason=reason).inc()
+    log.info("unauthenticated", extra={"reason": reason, **context, "peer": request.remote})
+    return _answer(metrics, 401, Outcome.UNAUTHENTICATED, _NO_TYPE, reason=reason)
 
 
 def _refused(metrics: Metrics, body: Refused) -> Answer:
@@ -203,12 +209,7 @@ async def _authenticated(request: web.Request, source: WorkflowSource) -> Answer
     settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
     deadline = _deadline(settings)
     if not source.tokens.accepts(_presented(request, source)):
-        metrics.unauthenticated.labels(reason=WORKFLOW_TOKEN).inc()
-        log.info(
-            "unauthenticated",
-            extra={"reason": WORKFLOW_TOKEN, "workflow": source.name, "peer": request.remote},
-        )
-        return _answer(metrics, 401, Outcome.UNAUTHENTICATED, _NO_TYPE, reason=WORKFLOW_TOKEN)
+        return _unauthenticated(request, WORKFLOW_TOKEN, workflow=source.name)
     body = await read_body(request, settings.max_body_bytes, deadline)
     if isinstance(body, Refused):
         return _refused(metrics, body)
