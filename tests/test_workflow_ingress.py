@@ -243,11 +243,12 @@ async def test_signed_and_workflow_deliveries_do_not_cross(
     assert (await post(http, url(relay, "leads"), STANDARD, bearer(right)))[0] == 200
     (record,) = await consume(bootstrap(relay), relay.topic("workflow.leads"), 1)
     assert (record.value, record.offset) == (STANDARD, 0)
-    app_install = as_delivery({"type": "AppInstall", "locationId": "loc-x"})
-    install_signature = {"X-GHL-Signature": sign_ed25519(ed25519_key, app_install)}
-    assert (await post(http, relay.webhook_url, app_install, install_signature))[0] == 200
+    # A workflow body, had it been accepted there, would be unrouted (it names no event).
+    unknown = as_delivery({"type": "SomeFutureEvent", "locationId": "loc-x"})
+    unknown_signature = {"X-GHL-Signature": sign_ed25519(ed25519_key, unknown)}
+    assert (await post(http, relay.webhook_url, unknown, unknown_signature))[0] == 200
     (record,) = await consume(bootstrap(relay), relay.topic("unrouted"), 1)
-    assert (record.value, record.offset) == (app_install, 0)
+    assert (record.value, record.offset) == (unknown, 0)
 
 
 async def test_unknown_workflow_name_is_404(
