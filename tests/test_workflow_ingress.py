@@ -408,6 +408,16 @@ def _write_config(folder: Path, tokens: dict[str, list[str]], **tables: str) -> 
     return config
 
 
+async def _wait_ready(http: aiohttp.ClientSession, port: int) -> None:
+    """Return once the relay's /readyz answers 200 (Kafka reached), within 30 s."""
+    async with asyncio.timeout(30):
+        while True:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                if response.status == 200:
+                    return
+            await asyncio.sleep(0.2)
+
+
 async def test_no_token_in_logs_metrics_check_config_or_kafka_headers(
     kafka_bootstrap: str, public_key_files: tuple[Path, ...], tmp_path: Path
 ) -> None:
@@ -431,6 +441,7 @@ async def test_no_token_in_logs_metrics_check_config_or_kafka_headers(
     ) as relay:
         base = f"http://127.0.0.1:{relay.port}/webhooks/hoopai"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            await _wait_ready(http, relay.port)
             for target, headers, status in (
                 (f"{base}/workflows/leads", bearer(leads), 200),
                 (f"{base}/workflows/leads", bearer(rotated), 200),
