@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -26,49 +25,11 @@ from relay.ingress.signatures import load_public_keys, spki_sha256
 from relay.tools.samples import sample, sample_names
 from relay.tools.tail import format_record, topic_pattern
 from tests.certs import self_signed
+from tests.cliutil import TIMEOUT_S, answers, cli_env, relay_cli, relay_cli_async
 from tests.kafkautil import consume
 from tests.relayutil import ROOT, RunningRelay, StartRelay
 
 CATALOGUE = load_catalogue()
-
-#: longest a CLI process may run in a test
-TIMEOUT_S = 60
-
-
-def cli_env(**variables: str) -> dict[str, str]:
-    """A minimal environment for ``python -m relay``: the repository importable, nothing else."""
-    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **variables}
-
-
-def relay_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m relay ARGS`` in ``cwd`` (no config/relay.toml there) and capture it."""
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        cwd=cwd,
-        env=env or cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-async def relay_cli_async(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``relay_cli`` in a thread, so that a relay served by this event loop can answer."""
-    return await asyncio.to_thread(relay_cli, *args, cwd=cwd, env=env)
-
-
-def answers(stdout: str) -> list[tuple[int, dict[str, Any]]]:
-    """The ``<status> <json>`` lines ``relay send`` prints."""
-    parsed = []
-    for line in stdout.splitlines():
-        status, _, answer = line.partition(" ")
-        parsed.append((int(status), json.loads(answer)))
-    return parsed
 
 
 def free_port() -> int:

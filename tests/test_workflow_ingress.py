@@ -7,10 +7,7 @@ refused requests, one accepted sentinel must sit at offset 0 of the topic.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,9 +25,9 @@ from relay.tools.deliveries import as_delivery, sign_ed25519
 from relay.tools.samples import WORKFLOW_SAMPLES, sample
 from relay.workflows import Idempotency, WorkflowSource
 from tests import rawhttp, relayproc
+from tests.cliutil import answers, cli_env, relay_cli, relay_cli_async
 from tests.kafkautil import consume, unique_topic
 from tests.relayutil import ROOT, RunningRelay, StartRelay, scrape
-from tests.test_cli import answers, relay_cli_async
 
 #: where the custom-header and query sources expect their tokens (names, not secrets)
 HOOK_HEADER = "X-Hook-Token"
@@ -68,25 +65,6 @@ def headers_of(record: Any) -> dict[str, bytes]:
 def bootstrap(relay: RunningRelay) -> str:
     """The relay's bootstrap servers."""
     return ",".join(relay.settings.kafka_bootstrap_servers)
-
-
-def cli_check_config(cwd: Path, config: Path, bootstrap: str) -> subprocess.CompletedProcess[str]:
-    """``relay check-config`` with a settings file, as a process of its own."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "RELAY_CONFIG_FILE": str(config),
-        "RELAY_ROUTES_FILE": str(ROOT / "config" / "routes.toml"),
-        "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "relay", "check-config"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def post(
@@ -458,7 +436,15 @@ async def test_no_token_in_logs_metrics_check_config_or_kafka_headers(
         records = await consume(kafka_bootstrap, f"{prefix}.workflow.leads", 2)
         records += await consume(kafka_bootstrap, f"{prefix}.workflow.forms", 1)
     logs = relay.log.read_text()
-    checked = cli_check_config(tmp_path, config, kafka_bootstrap)
+    checked = relay_cli(
+        "check-config",
+        cwd=tmp_path,
+        env=cli_env(
+            RELAY_CONFIG_FILE=str(config),
+            RELAY_ROUTES_FILE=str(ROOT / "config" / "routes.toml"),
+            RELAY_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        ),
+    )
     assert checked.returncode == 0, checked.stderr
     assert "leads: POST /webhooks/hoopai/workflows/leads, 2 token(s)" in checked.stdout
     assert "forms: POST /webhooks/hoopai/workflows/forms, 1 token(s) in query" in checked.stdout
