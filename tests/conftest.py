@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +122,45 @@ def kafka_outage() -> Iterator[localkafka.Cluster]:
         localkafka.down(cluster)
 
 
+#: the secure broker's start, begun in the background once the collected tests need it
+SECURE_START = pytest.StashKey[Future[bool]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the secure broker now, behind the tests before its own, if any test needs it.
+
+    Its certificates, the stand-in and a JVM take half a minute or more on a busy machine;
+    begun here, that overlaps with the tests that run first (its own sort late).
+    """
+    if any("kafka_secure" in getattr(item, "fixturenames", ()) for item in session.items):
+        pool = ThreadPoolExecutor(1, thread_name_prefix="secure-kafka")
+        session.config.stash[SECURE_START] = pool.submit(securekafka.up)
+        pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the secure broker if the background start began it (whether or not it was used)."""
+    start = session.config.stash.get(SECURE_START, None)
+    if start is not None and not start.cancel():
+        with contextlib.suppress(localkafka.KafkaHarnessError, OSError):  # reported by the fixture
+            if start.result():
+                localkafka.down(securekafka.SECURE)
+
+
 @pytest.fixture(scope="session")
-def kafka_secure() -> Iterator[securekafka.SecureKafka]:
+def kafka_secure(request: pytest.FixtureRequest) -> securekafka.SecureKafka:
     """The secure broker (SSL, mutual TLS, SASL_SSL with PLAIN/SCRAM/OAUTHBEARER) and its IdP.
 
-    Its own ports and certificates (made now), so the other brokers and tests are untouched.
+    Its own ports and certificates (made at its start), so the other brokers and tests are
+    untouched. Started by :func:`pytest_collection_finish`, stopped at the session's end.
     """
-    started = securekafka.up()
-    yield securekafka.describe()
-    if started:
-        localkafka.down(securekafka.SECURE)
+    start = request.config.stash.get(SECURE_START, None)
+    if start is None:  # collected otherwise (a plugin's items): start it now, stop it at the end
+        pool = ThreadPoolExecutor(1)
+        start = request.config.stash[SECURE_START] = pool.submit(securekafka.up)
+        pool.shutdown(wait=False)
+    start.result(timeout=240)  # a harness error is this fixture's error
+    return securekafka.describe()
 
 
 @pytest.fixture(scope="session")

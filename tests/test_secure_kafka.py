@@ -368,7 +368,7 @@ async def test_reference_consumer_reads_over_oauthbearer(
 
 #: the refresh run's length: ≥ 3 refreshes of 20 s tokens (each at 16 s) in make test, 90 s
 #: in make chaos
-REFRESH_RUN_S = pick(55, 90)
+REFRESH_RUN_S = pick(50, 90)
 REFRESH_SENDERS = 4
 REFRESH_RATE_PER_SENDER = 5.0
 
