@@ -9,7 +9,13 @@ its ``ce_id`` header. This consumer
 2. commits Kafka offsets by hand, after the batch's transactions committed, so a crash
    re-reads records whose ids are already recorded (skipped), and loses none.
 
-Copy it and replace :func:`apply` with your own processing.
+Copy it and replace :func:`apply` with your own processing. Build its ``AIOKafkaConsumer``
+with the relay's own connection settings (TLS, SASL, OAUTHBEARER with its token refresh)::
+
+    async with relay.kafka.options.checked_options(Settings.load(os.environ)) as options:
+        consumer = AIOKafkaConsumer(topic, **options, group_id=..., enable_auto_commit=False)
+
+(tests/test_secure_kafka.py does so over OAUTHBEARER.)
 """
 
 from __future__ import annotations
