@@ -1,0 +1,246 @@
+"""The README's walkthrough ("Try it"), every command as written, in a fresh clone.
+
+The commands are read from the README itself, so the README cannot go stale: a command
+that fails, or a changed output the test checks, fails the test. The clone reuses the
+pip cache and the Kafka jars (nothing is downloaded again), the session's broker (which
+its ``make kafka-up`` reports as another checkout's), and stops what it started: the demo's
+relay (``make demo-stop``, a command of the walkthrough) and the relays of ``make run``.
+
+Only what a terminal would do differs: ``RELAY_HTTP_PORT`` and ``RELAY_METRICS_PORT`` are
+free ports rather than 8080 and 9090, ``RELAY_DRAIN_DELAY_S=0`` lets Ctrl-C end a relay at
+once, a command marked "terminal 1" runs in the background until the next one replaces
+it, and ``relay tail`` without ``--max`` gets its Ctrl-C once it has printed a record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import localkafka
+import pytest
+
+from relay.samples import sample_names
+from tests.kafkautil import consume_all
+from tests.relayutil import ROOT
+
+SECTION = "## Try it: send a webhook and watch it land"
+#: the longest a walkthrough command may take (the first creates the clone's virtualenv)
+COMMAND_TIMEOUT_S = 300
+READY_TIMEOUT_S = 60
+#: the shell the README's commands are written for (a terminal's)
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def walkthrough(readme: str) -> list[str]:
+    """The commands of the section's ``sh`` blocks, in order, one string each."""
+    section = readme.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
+        pending = ""
+        for line in block.splitlines():
+            pending += line
+            if pending.endswith("\\"):
+                pending = pending[:-1] + " "
+                continue
+            if pending.strip() and not pending.lstrip().startswith("#"):
+                commands.append(pending.strip())
+            pending = ""
+    return commands
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass
+class Ran:
+    """One walkthrough command and what it did."""
+
+    command: str
+    returncode: int
+    output: str
+
+
+def _background(command: str, clone: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start ``command`` as a terminal would, in a process group of its own (for Ctrl-C)."""
+    return subprocess.Popen(
+        [BASH, "-c", command],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _ctrl_c(proc: subprocess.Popen[str]) -> str:
+    """Press Ctrl-C in the process's terminal (SIGINT to its group); what it printed."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+    return output
+
+
+def _wait_ready(proc: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited {proc.returncode}: {proc.communicate()[0]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the relay of make run was not ready in {READY_TIMEOUT_S} s")
+
+
+def _tail_until_a_record(command: str, proc: subprocess.Popen[str]) -> Ran:
+    """Wait (60 s at most) for a record line of ``relay tail``, then Ctrl-C it."""
+    assert proc.stdout is not None
+    printed = ""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not re.search(r"^hoopai\.", printed, re.M):
+            if selector.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                printed += line
+    printed += _ctrl_c(proc)
+    return Ran(command, proc.returncode, printed)
+
+
+@pytest.fixture(scope="module")
+def walked(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Ran]]:
+    """Every walkthrough command run in a fresh clone of this repository, in order."""
+    single = localkafka.CLUSTERS["single"]
+    if kafka_bootstrap != single.bootstrap:
+        pytest.skip("the walkthrough uses the local broker, not KAFKA_BOOTSTRAP_SERVERS")
+    clone = tmp_path_factory.mktemp("walkthrough") / "hoopai-relay"
+    git = shutil.which("git")
+    assert git is not None, "git is needed to clone the repository"
+    subprocess.run([git, "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    port = _free_port()
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("RELAY_", "MAKE", "MFLAGS", "VIRTUAL_ENV"))
+    }
+    env |= {
+        "RELAY_HTTP_PORT": str(port),
+        "RELAY_METRICS_PORT": str(_free_port()),
+        "RELAY_DRAIN_DELAY_S": "0",
+    }
+    commands = walkthrough((clone / "README.md").read_text())
+    ran: list[Ran] = []
+    server: subprocess.Popen[str] | None = None
+    try:
+        for command in commands:
+            if "# terminal 1" in command:
+                if server is not None:  # "stop the first relay (Ctrl-C)"
+                    _ctrl_c(server)
+                server = _background(command, clone, env)
+                _wait_ready(server, port)
+                ran.append(Ran(command, 0, ""))
+            elif " tail" in command and "--max" not in command:
+                ran.append(_tail_until_a_record(command, _background(command, clone, env)))
+            else:
+                done = subprocess.run(
+                    [BASH, "-c", command],
+                    cwd=clone,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=COMMAND_TIMEOUT_S,
+                    check=False,
+                )
+                ran.append(Ran(command, done.returncode, done.stdout + done.stderr))
+                if done.returncode != 0:
+                    break
+        yield ran
+    finally:
+        if server is not None and server.poll() is None:
+            _ctrl_c(server)
+        subprocess.run(
+            [str(clone / ".venv" / "bin" / "python"), "dev/demo.py", "stop"],
+            cwd=clone,
+            capture_output=True,
+            check=False,
+        )
+
+
+def test_walkthrough_commands_are_read_from_the_readme() -> None:
+    """The section has the demo, the sends, the tail, both ``make run`` and the RSA steps."""
+    commands = walkthrough((ROOT / "README.md").read_text())
+    assert commands[0].startswith("make demo")
+    assert sum("# terminal 1" in c for c in commands) == 2
+    assert any(c.startswith(".venv/bin/relay send --rsa") for c in commands)
+    assert all(not c.startswith("relay ") for c in commands)  # .venv/bin/relay, always
+
+
+def test_make_demo_from_a_fresh_clone_reads_back_every_sample(
+    walked: list[Ran], kafka_bootstrap: str
+) -> None:
+    """``make demo`` in a fresh clone: every sample answered 200, read back from Kafka."""
+    demo = walked[0]
+    assert demo.command.startswith("make demo")
+    assert demo.returncode == 0, demo.output
+    count = len(sample_names())
+    assert f"demo: {count} of {count} samples read back from Kafka" in demo.output
+    answers = [
+        json.loads(line.split(" ", 1)[1])
+        for line in demo.output.splitlines()
+        if line.startswith("200 {")
+    ]
+    assert len(answers) == count
+    assert "already up (started by another checkout" in demo.output  # the session's broker
+    assert "make demo-stop" in demo.output  # the next commands
+
+
+async def test_demo_records_are_in_kafka(walked: list[Ran], kafka_bootstrap: str) -> None:
+    """Each delivery the demo sent is a record of its topic, with the answer's ``ce_id``."""
+    answers = [
+        json.loads(line.split(" ", 1)[1])
+        for line in walked[0].output.splitlines()
+        if line.startswith("200 {")
+    ]
+    assert answers, walked[0].output
+    for topic in sorted({answer["topic"] for answer in answers}):
+        records = await consume_all(kafka_bootstrap, topic)
+        in_kafka = {dict(r.headers)["ce_id"].decode() for r in records}
+        assert {a["id"] for a in answers if a["topic"] == topic} <= in_kafka
+
+
+def test_readme_walkthrough_runs_as_written(walked: list[Ran]) -> None:
+    """Every command of the walkthrough succeeds as written; each send is answered 200."""
+    commands = walkthrough((ROOT / "README.md").read_text())
+    for ran in walked:
+        expected = 130 if " tail" in ran.command and "--max" not in ran.command else 0
+        assert ran.returncode == expected, (ran.command, ran.output)
+        if " send" in ran.command and "--type list" not in ran.command:
+            statuses = [line.split(" ", 1)[0] for line in ran.output.splitlines()]
+            assert statuses, (ran.command, ran.output)
+            assert set(statuses) == {"200"}, (ran.command, ran.output)
+    assert [ran.command for ran in walked] == commands
