@@ -32,7 +32,7 @@ from pathlib import Path
 import localkafka
 import pytest
 
-from relay.samples import sample_names
+from relay.tools.samples import sample_names
 from tests.kafkautil import consume_all
 from tests.relayutil import ROOT
 
