@@ -7,9 +7,11 @@ its ``make kafka-up`` reports as another checkout's), and stops what it started:
 relay (``make demo-stop``, a command of the walkthrough) and the relays of ``make run``.
 
 Only what a terminal would do differs: ``RELAY_HTTP_PORT`` and ``RELAY_METRICS_PORT`` are
-free ports rather than 8080 and 9090, ``RELAY_DRAIN_DELAY_S=0`` lets Ctrl-C end a relay at
-once, a command marked "terminal 1" runs in the background until the next one replaces
-it, and ``relay tail`` without ``--max`` gets its Ctrl-C once it has printed a record.
+free ports rather than 8080 and 9090, ``RELAY_KAFKA_BOOTSTRAP_SERVERS`` is the session's
+broker (its port follows ``HOOPAI_KAFKA_PORT_OFFSET``; ``make run`` and ``make demo`` find
+it themselves), ``RELAY_DRAIN_DELAY_S=0`` lets Ctrl-C end a relay at once, a command
+marked "terminal 1" runs in the background until the next one replaces it, and
+``relay tail`` without ``--max`` gets its Ctrl-C once it has printed a record.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def walked(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "RELAY_HTTP_PORT": str(port),
         "RELAY_METRICS_PORT": str(_free_port()),
         "RELAY_DRAIN_DELAY_S": "0",
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,  # for relay tail
     }
     commands = walkthrough((clone / "README.md").read_text())
     ran: list[Ran] = []
