@@ -62,7 +62,8 @@ class MalformedRequests(logging.Filter):
 #: aiokafka's messages about conditions the relay reports itself, as state changes: a broker
 #: it cannot reach (readiness: "kafka unreachable", then "kafka reachable again" with the
 #: outage's length), a topic not yet in its metadata (it is fetched, and the send goes on),
-#: a group coordinator not yet elected (``relay tail`` waits for it). The library repeats
+#: a group coordinator not yet elected (``relay tail`` waits for it), a produce request the
+#: library retries. The library repeats
 #: them at ERROR for as long as the condition lasts: about 2 lines a second per client in
 #: an outage, which buried the relay's own lines.
 LIBRARY_REPEATS: Final = frozenset(
@@ -73,6 +74,9 @@ LIBRARY_REPEATS: Final = frozenset(
         "Unable to request metadata from node with id %s: %r",
         'Unable to request metadata from "%s:%s": %s',
         "Topic %s not found in cluster metadata",
+        # A batch the library retries itself (a topic just created has no leader yet, a
+        # leader moved); if the retries fail, the relay logs and counts that record.
+        "Got error produce response on topic-partition %s, retrying. Error: %s",
         "Group Coordinator Request failed: %s",
         "Marking the coordinator dead (node %s)for group %s.",
         "Heartbeat failed for group %s: coordinator (node %s) is either not started or not valid",
