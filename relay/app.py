@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from relay.settings import Settings
 from relay.spool.spooler import Spooler, bind_metrics, write_gauges
 from relay.spool.store import Spool
 from relay.workflows import topic_of
+from relay.tracing import Propagator
 
 WEBHOOK_PATH = "/webhooks/hoopai"
 #: one path per ``[workflows.<name>]`` source (relay/ingress/handler.py, receive_workflow)
@@ -100,6 +102,17 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     await spool.close()
 
 
+async def _otel_ctx(app: web.Application) -> AsyncIterator[None]:
+    """OpenTelemetry's tracer (the ``otel`` extra), started here, flushed and stopped on exit."""
+    from relay import otel
+
+    tracer = otel.from_environ(os.environ)
+    app[appkeys.TRACER] = tracer
+    yield
+    # Blocking (the export of the last batch): not on the event loop.
+    await asyncio.to_thread(tracer.shutdown)
+
+
 async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     """Ask the cluster for metadata every ``ready_check_interval_s``, for readiness."""
     publisher = app[appkeys.PUBLISHER]
@@ -120,11 +133,15 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     await _stop(probing)
 
 
-def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Application:
+def create_app(
+    settings: Settings, delivery: Delivery | None = None, *, otel: bool = False
+) -> web.Application:
     """Build the relay's application; raise ConfigError for bad keys or routes.
 
     ``delivery`` stands in for Kafka and the spool altogether (no producer is made): the
-    in-process tests pass one that records what it was given.
+    in-process tests pass one that records what it was given. ``otel``: spans exported as
+    the OTEL_* variables say (:func:`relay.tracing.check_otel` decides), else the trace
+    context is only passed on.
     """
     app = web.Application(client_max_size=settings.max_body_bytes)
     metrics = Metrics()
@@ -137,6 +154,9 @@ def create_app(settings: Settings, delivery: Delivery | None = None) -> web.Appl
     app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)
     app[appkeys.SHUTTING_DOWN] = asyncio.Event()
     app[appkeys.WORKFLOWS] = {source.name: source for source in settings.workflows}
+    app[appkeys.TRACER] = Propagator()
+    if otel:
+        app.cleanup_ctx.append(_otel_ctx)
     if delivery is not None:
         app[appkeys.DELIVERY] = delivery
     else:

@@ -20,6 +20,7 @@ from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.workflows import WorkflowSource
+from relay.tracing import Tracer
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeySet)
@@ -35,3 +36,5 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 DELIVERY: web.AppKey[Delivery] = web.AppKey("delivery")
 #: the configured workflow sources, by name (relay/ingress/handler.py, receive_workflow)
 WORKFLOWS: web.AppKey[Mapping[str, WorkflowSource]] = web.AppKey("workflows")
+#: per request, a trace: the W3C context passed on, or OpenTelemetry spans (relay/tracing.py)
+TRACER: web.AppKey[Tracer] = web.AppKey("tracer")

@@ -23,6 +23,7 @@ from relay.server import run_event_loop, serve, tls_context
 from relay.settings import Settings
 from relay.tools import checkconfig, keygen, send, tail
 from relay.tools.samples import SAMPLES, WORKFLOW_SAMPLES, sample, sample_names
+from relay.tracing import check_otel
 
 #: exit status for bad configuration, as for a usage error
 EXIT_CONFIG = 2
@@ -214,14 +215,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
         settings.validate()
+    otel = check_otel(os.environ)  # each worker exports its own spans
     logs.configure(settings.log_level)
     if args.worker:  # started by the supervisor below, which checked the spool layout
-        run_event_loop(serve(settings, worker=True))
+        run_event_loop(serve(settings, worker=True, otel=otel))
         return 0
     workers.check_spool_layout(settings)
     if settings.workers > 1:
         return workers.supervise(settings, os.environ)
-    run_event_loop(serve(settings))
+    run_event_loop(serve(settings, otel=otel))
     return 0
 
 

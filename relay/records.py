@@ -24,6 +24,7 @@ __all__ = [
     "cloudevents_headers",
     "format_time",
     "idempotency_key",
+    "with_headers",
 ]
 
 #: ``ce_source`` when the operator configures none.
@@ -141,3 +142,8 @@ def build_record(
     if route.kind is Kind.DEADLETTER and route.reason is not None:
         headers.append(("hoopai_deadletter_reason", route.reason.encode("ascii")))
     return Record(topic=route.topic, key=key, value=body, headers=tuple(headers))
+
+
+def with_headers(record: Record, extra: tuple[tuple[str, bytes], ...]) -> Record:
+    """``record`` with ``extra`` headers after its own (the trace context, per delivery)."""
+    return Record(record.topic, record.key, record.value, record.headers + extra)

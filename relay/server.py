@@ -161,14 +161,15 @@ def _on_signal(stop: asyncio.Event) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
-async def serve(settings: Settings, *, worker: bool = False) -> None:
+async def serve(settings: Settings, *, worker: bool = False, otel: bool = False) -> None:
     """Run the relay until SIGTERM or SIGINT, then shut down as the module says.
 
     A ``worker`` (of ``relay serve --workers N``, see :mod:`relay.workers`) shares the
     webhook port with its siblings through SO_REUSEPORT and leaves ``/metrics`` to the
-    supervisor, which adds up every worker's figures.
+    supervisor, which adds up every worker's figures. ``otel``: export spans
+    (:func:`relay.tracing.check_otel`).
     """
-    app = create_app(settings)
+    app = create_app(settings, otel=otel)
     context = tls_context(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -37,7 +37,9 @@ from relay.ingress.routing import Kind
 from relay.ingress.signatures import Reason, Rejected, Verified, verify
 from relay.ingress.tokens import from_header, from_query
 from relay.metrics import Metrics, Outcome
+from relay.records import with_headers
 from relay.settings import Settings
+from relay.tracing import Trace
 from relay.workflows import WorkflowSource
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,12 @@ async def receive_workflow(request: web.Request) -> web.Response:
 
 
 async def _admitted(
-    request: web.Request, handle: Callable[[web.Request], Awaitable[Answer]]
+    request: web.Request, handle: Callable[[web.Request, Trace], Awaitable[Answer]]
 ) -> web.Response:
     """``handle`` the request within the in-flight cap, else shed it at once; timed."""
     started = time.monotonic()
     app = request.app
+    trace = app[appkeys.TRACER].start(request.headers)
     admission = app[appkeys.ADMISSION]
     if not admission.enter():
         # The relay has all it can handle: the retryable status at once, body unread.
@@ -77,9 +80,10 @@ async def _admitted(
         )
     else:
         try:
-            outcome, response = await handle(request)
+            outcome, response = await handle(request, trace)
         finally:
             admission.leave()
+    trace.end(response.status, outcome.value)
     elapsed = time.monotonic() - started
     app[appkeys.METRICS].request_seconds.labels(outcome=outcome.value).observe(elapsed)
     if log.isEnabledFor(logging.DEBUG):
@@ -122,10 +126,11 @@ def _signature_headers(request: web.Request) -> tuple[str | None, str | None] | 
     return found[0], found[1]
 
 
-def _verify(request: web.Request, body: bytes) -> Verified | Rejected:
+def _verify(request: web.Request, body: bytes, trace: Trace) -> Verified | Rejected:
     """The signature verdict over ``body``, timed."""
     app = request.app
     signatures = _signature_headers(request)
+    trace.verify_start()
     started = time.perf_counter()
     if signatures is None:
         verdict: Verified | Rejected = Rejected(Reason.AMBIGUOUS)
@@ -134,10 +139,14 @@ def _verify(request: web.Request, body: bytes) -> Verified | Rejected:
         legacy = app[appkeys.SETTINGS].accept_legacy_rsa
         verdict = verify(body, *signatures, app[appkeys.KEYS], accept_legacy_rsa=legacy)
     app[appkeys.METRICS].verify_seconds.observe(time.perf_counter() - started)
+    if isinstance(verdict, Rejected):
+        trace.verify_end(verdict.reason.value, None)
+    else:
+        trace.verify_end("verified", verdict.scheme.value)
     return verdict
 
 
-async def _handle(request: web.Request) -> Answer:
+async def _handle(request: web.Request, trace: Trace) -> Answer:
     """One admitted request: body, signature, record, then the delivery."""
     app = request.app
     settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
@@ -146,7 +155,7 @@ async def _handle(request: web.Request) -> Answer:
     body = await read_body(request, settings.max_body_bytes, deadline)
     if isinstance(body, Refused):
         return _refused(metrics, body)
-    verdict = _verify(request, body)
+    verdict = _verify(request, body, trace)
     if isinstance(verdict, Rejected):
         return _unauthenticated(request, verdict.reason.value)
     taken = intake(
@@ -156,7 +165,7 @@ async def _handle(request: web.Request) -> Answer:
         source=settings.ce_source,
         received_at=datetime.now(UTC),
     )
-    return await _deliver(request.app, taken, deadline)
+    return await _deliver(request.app, taken, deadline, trace)
 
 
 def _deadline(settings: Settings) -> float:
@@ -190,7 +199,7 @@ def _presented(request: web.Request, source: WorkflowSource) -> bytes | None:
     return from_header(request.headers.getall(source.token_header, []), bearer=source.bearer)
 
 
-async def _handle_workflow(request: web.Request) -> Answer:
+async def _handle_workflow(request: web.Request, trace: Trace) -> Answer:
     """One admitted workflow request: the source by name (404), then its token and body."""
     app = request.app
     metrics = app[appkeys.METRICS]
@@ -198,12 +207,12 @@ async def _handle_workflow(request: web.Request) -> Answer:
     if source is None:
         # Not counted by name: a label takes configured names only, never the URL's.
         return _answer(metrics, 404, Outcome.NOT_FOUND, _NO_TYPE)
-    outcome, response = await _authenticated(request, source)
+    outcome, response = await _authenticated(request, source, trace)
     metrics.workflow_requests.labels(source=source.name, outcome=outcome.value).inc()
     return outcome, response
 
 
-async def _authenticated(request: web.Request, source: WorkflowSource) -> Answer:
+async def _authenticated(request: web.Request, source: WorkflowSource, trace: Trace) -> Answer:
     """The token (one 401 for every way of getting it wrong), the body, the delivery."""
     app = request.app
     settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
@@ -221,10 +230,10 @@ async def _authenticated(request: web.Request, source: WorkflowSource) -> Answer
         received_at=datetime.now(UTC),
         fresh_id=str(uuid.uuid4()),
     )
-    return await _deliver(app, taken, deadline)
+    return await _deliver(app, taken, deadline, trace)
 
 
-async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answer:
+async def _deliver(app: web.Application, taken: Intake, deadline: float, trace: Trace) -> Answer:
     """Hand the record to the delivery; 200 once it is durable, else the retryable status.
 
     A repeat of an id in the window of recent ids is answered at once, not delivered again.
@@ -234,10 +243,12 @@ async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answ
     recent = app[appkeys.RECENT_IDS]
     if taken.dedup_key is not None and taken.dedup_key in recent:
         return _answer(metrics, 200, Outcome.DUPLICATE, event_type, id=taken.ce_id)
+    record = with_headers(taken.record, trace.produce(taken.record.topic))
     started = time.monotonic()
     try:
-        receipt = await app[appkeys.DELIVERY].deliver(taken.record, deadline)
+        receipt = await app[appkeys.DELIVERY].deliver(record, deadline)
     except PublishError as exc:
+        trace.produced(None, exc.label)
         if isinstance(exc, ProduceFailed):
             metrics.producer_errors.labels(error=exc.kafka_error).inc()
         # Kafka known to be down is one "kafka unreachable" line, not one line per request:
@@ -245,6 +256,7 @@ async def _deliver(app: web.Application, taken: Intake, deadline: float) -> Answ
         level = logging.DEBUG if isinstance(exc, NotConnected) else logging.WARNING
         log.log(level, "not acknowledged", extra={"cause": exc.label, "detail": str(exc)})
         return _retryable(settings, metrics, exc.label, event_type)
+    trace.produced(receipt, None)
     if taken.dedup_key is not None:
         recent.add(taken.dedup_key)
     if isinstance(receipt, Spooled):
