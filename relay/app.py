@@ -30,8 +30,8 @@ from relay.metrics import Metrics, in_files
 from relay.settings import Settings
 from relay.spool.spooler import Spooler, bind_metrics, write_gauges
 from relay.spool.store import Spool
-from relay.workflows import topic_of
 from relay.tracing import Propagator
+from relay.workflows import topic_of
 
 WEBHOOK_PATH = "/webhooks/hoopai"
 #: one path per ``[workflows.<name>]`` source (relay/ingress/handler.py, receive_workflow)

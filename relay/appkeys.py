@@ -19,8 +19,8 @@ from relay.ingress.signatures import KeySet
 from relay.kafka.publisher import Publisher
 from relay.metrics import Metrics
 from relay.settings import Settings
-from relay.workflows import WorkflowSource
 from relay.tracing import Tracer
+from relay.workflows import WorkflowSource
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeySet)
