@@ -354,6 +354,22 @@ async def deliver(
         return response.status
 
 
+async def deliver_accepted(
+    http: aiohttp.ClientSession, relay: Relay, key: Ed25519PrivateKey
+) -> None:
+    """One delivery answered 200, sent again on the retryable status as a sender would (5 tries).
+
+    A relay just started on a busy machine can miss the ack deadline of a topic's first record.
+    """
+    statuses = []
+    for _ in range(5):
+        statuses.append(await deliver(http, relay, key))
+        if statuses[-1] == 200:
+            return
+        await asyncio.sleep(1)
+    raise AssertionError(f"{relay.pod}: {statuses}")
+
+
 @dataclass
 class Seen:
     """When an alert was first seen pending and firing, and last seen at all."""
@@ -435,7 +451,7 @@ async def test_kafka_outage_alerts_go_pending_firing_then_resolve(
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         assert not active(await stack.alerts(http), unreachable)
         for relay in stack.relays:
-            assert await deliver(http, relay, stack.key) == 200
+            await deliver_accepted(http, relay, stack.key)
         (node,) = stack.cluster.nodes
         sender = asyncio.create_task(load(http, stack, stop))
         try:
@@ -574,7 +590,7 @@ async def test_every_dashboard_panel_query_runs_against_prometheus(
     too_big = as_delivery({"type": "NoteCreate", "locationId": "loc-big", "body": "n" * 2_000_000})
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         for relay in stack.relays:
-            assert await deliver(http, relay, stack.key) == 200
+            await deliver_accepted(http, relay, stack.key)
             assert await deliver(http, relay, stranger) == 401
             assert await deliver(http, relay, stack.key, signed=False) == 401
         # Over the broker's message.max.bytes: a producer error, the retryable status.
