@@ -37,6 +37,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay.kafka.publisher import Publisher
+from relay.settings import Settings
 from tests import relayproc
 from tests.chaosutil import (
     EVENT_FAMILY,
@@ -120,7 +122,11 @@ async def lanes(
     async def start(*names: str) -> list[Lane]:
         for name in names:
             prefix = unique_topic(f"netfault-{name}")
-            extra = {"RELAY_SPOOL_DIR": str(tmp_path / name)} if name == SPOOL else {}
+            # The shipped probe interval (and so its timeout), not relay_env's 0.5 s: the
+            # probe decides known_down, which refuses every request at once.
+            extra = {"RELAY_READY_CHECK_INTERVAL_S": "2"}
+            if name == SPOOL:
+                extra["RELAY_SPOOL_DIR"] = str(tmp_path / name)
             env = relay_env(netfault.cluster.bootstrap, public_key_files, prefix, **extra)
             relay = await relayproc.start(env, tmp_path)
             target = Target(relay.url, relay.pid)
@@ -505,3 +511,34 @@ async def test_a_leadership_move_under_load_loses_no_acknowledged_event(
     check([lane], figures, marks)
     for before, after in itertools.pairwise(leaders):
         assert all(a != b for a, b in zip(before, after, strict=True)), leaders
+
+
+async def test_one_answering_broker_is_enough_for_the_probe(netfault: NetFault) -> None:
+    """Every broker but one a black hole: the readiness probe still finds the cluster.
+
+    Found by the latency scenario: the probe asked the brokers one after the other within
+    one timeout, so a silent broker first in the list made the cluster look down, and the
+    relay refused every request with 429 ``not_connected`` while two brokers were fine.
+    The one left answering is the last the probe would have asked.
+    """
+    cluster = netfault.cluster
+    settings = Settings(kafka_bootstrap_servers=tuple(cluster.bootstrap.split(",")))
+    publisher = Publisher(settings)
+    await publisher.connect()
+    try:
+        await publisher.probe(timeout_s=2)
+        assert publisher.reachable
+        assert publisher._producer is not None  # the unit under test reads its client's order
+        order = [b.nodeId for b in publisher._producer.client.cluster.brokers()]
+        silent = [cluster.node(n) for n in order[:-1]]
+        async with netfault.proxy.toxic(netfault.proxies(*silent), "probe", "timeout", BOTH):
+            await publisher.probe(timeout_s=2)
+            assert publisher.reachable, f"brokers {order[:-1]} silent, {order[-1]} answering"
+            assert not publisher.known_down
+            last = [cluster.node(order[-1])]
+            async with netfault.proxy.toxic(netfault.proxies(*last), "probe", "timeout", BOTH):
+                await publisher.probe(timeout_s=2)
+                assert not publisher.reachable  # the probe can fail: every broker silent
+                assert publisher.known_down
+    finally:
+        await publisher.close()

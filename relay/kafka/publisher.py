@@ -191,7 +191,15 @@ class Publisher:
             )
 
     async def _ask_brokers(self, timeout_s: float) -> bool:
-        """Whether some broker answers a metadata request within ``timeout_s``."""
+        """Whether some broker answers a metadata request within ``timeout_s``.
+
+        Every broker is asked at once, and the first answer wins. Asked one after the
+        other, a broker that is slow or a black hole (its connection open, nothing coming
+        back) used up the whole timeout before the next was asked: the relay took a
+        cluster with two healthy brokers for down, and with ``known_down`` answered every
+        request 429 ``not_connected`` (tests/test_netfault.py found it with 300 ms of
+        latency to one broker).
+        """
         producer = self._producer
         if producer is None:
             return False
@@ -200,16 +208,23 @@ class Publisher:
         # was a visible share of the CPU on a cluster of thousands of topics, and asking for
         # the relay's own would create them on a broker that auto-creates topics.
         request = MetadataRequest([], allow_auto_topic_creation=False)
+        asks = [
+            asyncio.ensure_future(client.send(broker.nodeId, request))
+            for broker in client.cluster.brokers()
+        ]
         try:
-            async with asyncio.timeout(timeout_s):
-                for broker in client.cluster.brokers():
-                    try:
-                        await client.send(broker.nodeId, request)
-                    except KafkaError:
-                        continue  # that one is down: ask the next
-                    return True
+            for answer in asyncio.as_completed(asks, timeout=timeout_s):
+                try:
+                    await answer
+                except KafkaError:
+                    continue  # that one is down: wait for the others
+                return True
         except TimeoutError:
             pass
+        finally:
+            for ask in asks:
+                ask.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
         return False
 
     def _watch(self, producer: AIOKafkaProducer, delivery: asyncio.Future[RecordMetadata]) -> None:
