@@ -264,11 +264,16 @@ async def test_demo_records_are_in_kafka(walked: list[Ran], kafka_bootstrap: str
 
 
 def test_readme_walkthrough_runs_as_written(walked: list[Ran]) -> None:
-    """Every command of the walkthrough succeeds as written; each send is answered 200."""
+    """Every command of the walkthrough succeeds as written; each send is answered 200.
+
+    ``relay tail`` (in the demo and alone) prints records and notes, no library warning.
+    """
     commands = walkthrough((ROOT / "README.md").read_text())
     for ran in walked:
         expected = 130 if is_tail(ran.command) else 0
         assert ran.returncode == expected, (ran.command, ran.output)
+        assert "relay tail: WARNING" not in ran.output, ran.output
+        assert "relay tail: ERROR" not in ran.output, ran.output
         words = ran.command.split(" #", 1)[0].split()
         if "send" in words and "list" not in words:
             statuses = [line.split(" ", 1)[0] for line in ran.output.splitlines()]
