@@ -22,6 +22,7 @@ import os
 import platform
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from bench.targets import (
     Server,
     add_relay_env_option,
     child_env,
+    pinned,
     relay_env,
     run_child,
     start_bridge,
@@ -58,8 +60,12 @@ sys.path.insert(0, str(REPO / "dev"))
 import localkafka  # the harness lives in dev/, outside the package
 
 TARGETS: Final = (
-    "http", "verify", "relay", "relay-workers", "relay-spool", "bridge", "fastapi", "kafka",
+    "http", "verify", "relay", "relay-nokafka", "relay-workers", "relay-spool", "bridge",
+    "fastapi", "kafka",
 )  # fmt: skip
+#: the targets of more than one process, each wanting a core: pinned only where the
+#: machine has a core for each besides the generator's
+SPREAD: Final = ("relay-workers",)
 #: the peers, each producing to a topic of its own, ``<prefix>.<target>``
 PEERS: Final = ("bridge", "fastapi")
 WARM_DELIVERIES: Final = 5000
@@ -92,6 +98,22 @@ class Plan:
     bridge_requests: tuple[Path, Path] | None = None
     #: the bridge's jars and the Java that runs them, once found
     bridge_setup: tuple[Path, bridge.Java] | None = None
+    #: ``taskset -c`` lists: the generator's core, and the target's; None: not pinned
+    pins: tuple[str, str] | None = None
+
+    def generator_cpus(self) -> str | None:
+        """The generator's core (``taskset -c``), or None when not pinned."""
+        return None if self.pins is None else self.pins[0]
+
+    def target_cpus(self, target: str) -> str | None:
+        """The target's cores: one for a single process; every other core for the workers."""
+        if self.pins is None:
+            return None
+        cores = os.cpu_count() or 1
+        if target in SPREAD:
+            # On 2 cores, 2 workers on the one core left would measure one core shared.
+            return f"1-{cores - 1}" if cores >= 3 else None
+        return self.pins[1]
 
     def request_files(self, target: str) -> tuple[Path, Path]:
         """The measured and the warm-up requests in the shape ``target`` takes."""
@@ -184,21 +206,26 @@ def _measure(
 
 
 def _start(plan: Plan, target: str) -> Server:
-    if target == "relay":
-        return start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, plan.relay_env)
-    if target == "relay-workers":
-        workers = {"RELAY_WORKERS": str(os.cpu_count() or 1), **plan.relay_env}
-        server = start_relay(plan.logs, plan.public_key, plan.prefix, plan.bootstrap, workers)
+    cpus = plan.target_cpus(target)
+    if target in ("relay", "relay-nokafka", "relay-workers"):
+        env = plan.relay_env
+        if target == "relay-workers":
+            env = {"RELAY_WORKERS": str(os.cpu_count() or 1), **env}
+        kafka = target != "relay-nokafka"
+        server = start_relay(
+            plan.logs, plan.public_key, plan.prefix, plan.bootstrap, env, cpus, kafka=kafka
+        )
         server.name = target
         return server
     if target == "relay-spool":
-        return start_spooling_relay(plan.logs, plan.public_key, plan.prefix, plan.relay_env)
+        return start_spooling_relay(plan.logs, plan.public_key, plan.prefix, plan.relay_env, cpus)
     if target == "fastapi":
         topic = f"{plan.prefix}.fastapi"
-        return start_fastapi(plan.logs, plan.public_key, plan.bootstrap, topic)
+        return start_fastapi(plan.logs, plan.public_key, plan.bootstrap, topic, cpus)
     if target == "bridge" and plan.bridge_setup is not None:
-        return start_bridge(plan.logs, *plan.bridge_setup, plan.bootstrap)
-    return start_ceiling(target, plan.logs, plan.public_key if target == "verify" else None)
+        return start_bridge(plan.logs, *plan.bridge_setup, plan.bootstrap, cpus)
+    key = plan.public_key if target == "verify" else None
+    return start_ceiling(target, plan.logs, key, cpus)
 
 
 def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Result:
@@ -220,7 +247,10 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
     try:
         server.wait_ready()
         prime = (warm_requests, flags["warmup"]) if primed else None
-        warm = _loadgen(plan, server.port, warm_requests, plan.warmup, rate, prime)
+        warm = pinned(
+            _loadgen(plan, server.port, warm_requests, plan.warmup, rate, prime),
+            plan.generator_cpus(),
+        )
         go = flags["warmup"][1]
         run_child(
             warm,
@@ -230,7 +260,9 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
             (flags["warmup"][0], go.touch) if primed else None,
         )
         if rate is None and plan.use_wrk and not primed:
-            argv = wrk.command(server.port, plan.duration, plan.connections)
+            argv = pinned(
+                wrk.command(server.port, plan.duration, plan.connections), plan.generator_cpus()
+            )
             env = child_env({"BENCH_REQUESTS": str(requests)})
             result = _measure(
                 plan,
@@ -242,7 +274,10 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
             )
         else:
             prime = (warm_requests, flags["measure"]) if primed else None
-            argv = _loadgen(plan, server.port, requests, plan.duration, rate, prime)
+            argv = pinned(
+                _loadgen(plan, server.port, requests, plan.duration, rate, prime),
+                plan.generator_cpus(),
+            )
             result = _measure(
                 plan,
                 f"{target}-{label}",
@@ -261,7 +296,10 @@ def _http_point(plan: Plan, target: str, rate: float | None, label: str) -> Resu
 def _kafka_point(plan: Plan, topic: str, rate: float | None, label: str, records: int) -> Result:
     print(f"bench: kafka {label} ...", file=sys.stderr, flush=True)
     libs = localkafka.cache_dir() / "libs"
-    argv = kafkaperf.command(libs, topic, records, plan.record_size, rate or -1, plan.bootstrap)
+    argv = pinned(
+        kafkaperf.command(libs, topic, records, plan.record_size, rate or -1, plan.bootstrap),
+        plan.target_cpus("kafka"),
+    )
     result = _measure(
         plan, f"kafka-{label}", argv, dict(os.environ), None, lambda out: kafkaperf.parse(out, rate)
     )
@@ -414,6 +452,13 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="closed-loop generator for the maximum (auto: wrk if installed)",
     )
+    parser.add_argument(
+        "--pin",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="generator on core 0, each target on core 1, by taskset (auto: where there "
+        "are 2 cores or more and taskset is installed)",
+    )
     add_relay_env_option(parser)
     parser.add_argument("--out", type=Path, help="results folder (bench/results/<run id>)")
     parser.add_argument("--keep-topics", action="store_true")
@@ -431,6 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(
             "bench: wrk is not installed (apt-get install wrk), or use --max-tool python"
         )
+    can_pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    if args.pin == "on" and not can_pin:
+        raise SystemExit("bench: --pin on needs taskset (util-linux) and 2 cores or more")
+    pin = args.pin == "on" or (args.pin == "auto" and can_pin)
     broker = localkafka.CLUSTERS["single"]
     # The harness's own check that the pid in its pid file is really that broker.
     pid = localkafka._read_pid(broker, broker.nodes[0])
@@ -468,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record_size=record_size,
         bridge_requests=bridge_files,
         bridge_setup=None if isinstance(setup, str) else setup,
+        pins=("0", "1") if pin else None,
     )
     kafka_topic = f"{plan.prefix}.kafka-ceiling"
     relay_topics = all_topics(load_routes(REPO / "config" / "routes.toml", plan.prefix))
@@ -487,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "record_size": plan.record_size,
             "event_types": len(deliveries.templates()),
             "max_tool": "wrk" if use_wrk else "python",
+            # The broker is not the benchmark's: never pinned, it shares whichever core.
+            "pinned": {"generator": plan.generator_cpus(), "target": plan.target_cpus("relay")},
         },
         "targets": {},
     }

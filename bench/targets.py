@@ -31,6 +31,8 @@ from bench import bridge
 from bench.procstat import peak_rss_kib
 
 REPO: Final = Path(__file__).resolve().parent.parent
+#: the bench-only entry point of the relay without Kafka
+NOKAFKA: Final = "bench.nokafka"
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
 _OUTCOME: Final = re.compile(r'^relay_requests_total\{.*outcome="([a-z_]+)".*\} (\S+)$')
@@ -123,28 +125,51 @@ class Server:
                 self.process.wait(STOP_TIMEOUT_S)
 
 
+def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
+    """``argv`` under ``taskset -c cpus`` (its threads and children too), or as it is."""
+    return [*argv] if cpus is None else ["taskset", "-c", cpus, *argv]
+
+
 def _spawn(
-    name: str, argv: Sequence[str], env: Mapping[str, str], log: Path
+    name: str, argv: Sequence[str], env: Mapping[str, str], log: Path, cpus: str | None = None
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603 -- argv built here
-            argv, env=env, cwd=log.parent, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            pinned(argv, cpus),
+            env=env,
+            cwd=log.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
         )
 
 
-def start_ceiling(name: str, logs: Path, public_key: Path | None) -> Server:
+def start_ceiling(
+    name: str, logs: Path, public_key: Path | None, cpus: str | None = None
+) -> Server:
     """The bare aiohttp app, with one Ed25519 verify per request if given a key."""
     port = free_port()
     argv = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
     if public_key is not None:
         argv += ["--public-key", str(public_key)]
-    return Server(name, _spawn(name, argv, child_env(), logs / f"{name}.log"), port)
+    return Server(name, _spawn(name, argv, child_env(), logs / f"{name}.log", cpus), port)
 
 
 def start_relay(
-    logs: Path, public_key: Path, prefix: str, bootstrap: str, extra: Mapping[str, str]
+    logs: Path,
+    public_key: Path,
+    prefix: str,
+    bootstrap: str,
+    extra: Mapping[str, str],
+    cpus: str | None = None,
+    *,
+    kafka: bool = True,
 ) -> Server:
-    """``relay serve`` trusting ``public_key``, on the real broker, with ``acks=all``."""
+    """``relay serve`` trusting ``public_key``, on the real broker, with ``acks=all``.
+
+    Without ``kafka``, the same relay with its delivery replaced by one that does nothing
+    (:mod:`bench.nokafka`): the glue's cost, apart from the Kafka client's.
+    """
     port, metrics_port = free_port(), free_port()
     env = child_env(
         {
@@ -162,24 +187,30 @@ def start_relay(
     )
     # The working directory is the log folder: no config/relay.toml there, so only the
     # defaults and the variables above apply.
-    argv = [sys.executable, "-m", "relay", "serve"]
-    return Server("relay", _spawn("relay", argv, env, logs / "relay.log"), port, metrics_port)
+    argv = [sys.executable, "-m", "relay", "serve"] if kafka else [sys.executable, "-m", NOKAFKA]
+    process = _spawn("relay", argv, env, logs / "relay.log", cpus)
+    return Server("relay", process, port, metrics_port)
 
 
-def start_fastapi(logs: Path, public_key: Path, bootstrap: str, topic: str) -> Server:
+def start_fastapi(
+    logs: Path, public_key: Path, bootstrap: str, topic: str, cpus: str | None = None
+) -> Server:
     """The FastAPI/aiokafka peer (:mod:`bench.peer_fastapi`) under uvicorn, one worker."""
     port = free_port()
     argv = [sys.executable, "-m", "bench.peer_fastapi", "--port", str(port)]
     argv += ["--public-key", str(public_key), "--bootstrap", bootstrap, "--topic", topic]
-    return Server("fastapi", _spawn("fastapi", argv, child_env(), logs / "fastapi.log"), port)
+    process = _spawn("fastapi", argv, child_env(), logs / "fastapi.log", cpus)
+    return Server("fastapi", process, port)
 
 
-def start_bridge(logs: Path, libs: Path, java: bridge.Java, bootstrap: str) -> Server:
+def start_bridge(
+    logs: Path, libs: Path, java: bridge.Java, bootstrap: str, cpus: str | None = None
+) -> Server:
     """The Strimzi Kafka Bridge's JVM, producer endpoints only; ready when its ``/ready`` is."""
     port, management_port = free_port(), free_port()
     config = bridge.write_config(logs / "bridge", port, management_port, bootstrap)
     argv = bridge.command(java, libs, config)
-    process = _spawn("bridge", argv, child_env(), logs / "bridge.log")
+    process = _spawn("bridge", argv, child_env(), logs / "bridge.log", cpus)
     return Server("bridge", process, port, ready_at=(management_port, "/ready"))
 
 
@@ -233,7 +264,7 @@ def run_child(
 
 
 def start_spooling_relay(
-    logs: Path, public_key: Path, prefix: str, extra: Mapping[str, str]
+    logs: Path, public_key: Path, prefix: str, extra: Mapping[str, str], cpus: str | None = None
 ) -> Server:
     """The relay with its spool on and Kafka unreachable: every record takes the spool path.
 
@@ -243,6 +274,7 @@ def start_spooling_relay(
     spool = Path(tempfile.mkdtemp(prefix="relay-spool-"))
     atexit.register(shutil.rmtree, spool, ignore_errors=True)
     closed = f"127.0.0.1:{free_port()}"
-    server = start_relay(logs, public_key, prefix, closed, {"RELAY_SPOOL_DIR": str(spool), **extra})
+    spooling = {"RELAY_SPOOL_DIR": str(spool), **extra}
+    server = start_relay(logs, public_key, prefix, closed, spooling, cpus)
     server.name = "relay-spool"
     return server

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from relay import appkeys
 from relay.app import create_app, create_metrics_app
+from relay.delivery import Delivery
 from relay.errors import ConfigError
 from relay.ingress import limits
 from relay.ingress.routing import all_topics
@@ -161,15 +162,24 @@ def _on_signal(stop: asyncio.Event) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
-async def serve(settings: Settings, *, worker: bool = False, otel: bool = False) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    worker: bool = False,
+    otel: bool = False,
+    delivery: Delivery | None = None,
+) -> None:
     """Run the relay until SIGTERM or SIGINT, then shut down as the module says.
 
     A ``worker`` (of ``relay serve --workers N``, see :mod:`relay.workers`) shares the
     webhook port with its siblings through SO_REUSEPORT and leaves ``/metrics`` to the
     supervisor, which adds up every worker's figures. ``otel``: export spans
     (:func:`relay.tracing.check_otel`).
+
+    ``delivery`` replaces Kafka and the spool (see :func:`relay.app.create_app`); no
+    setting selects one: only the benchmark's "relay without Kafka" (bench/nokafka.py).
     """
-    app = create_app(settings, otel=otel)
+    app = create_app(settings, delivery, otel=otel)
     context = tls_context(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
