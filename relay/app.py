@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from relay import appkeys
 from relay.delivery import Delivery
 from relay.errors import ConfigError
-from relay.ingress import handler, limits, probes
+from relay.ingress import handler, limits, probes, quarantine
 from relay.ingress.admission import Admission
 from relay.ingress.dedup import RecentIds
 from relay.ingress.routing import Routes, RoutesError, all_topics, load_routes
@@ -67,10 +67,12 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     """The producer, connected in the background; the direct delivery unless a spool follows."""
     settings, routes = app[appkeys.SETTINGS], app[appkeys.ROUTES]
     tokens = app[appkeys.METRICS].oauth_token_fetches
-    workflow_topics = [topic_of(source, routes.prefix) for source in settings.workflows]
+    topics = [topic_of(source, routes.prefix) for source in settings.workflows]
+    if settings.quarantine:
+        topics.append(quarantine.topic(settings.topic_prefix))
     publisher = Publisher(
         settings,
-        [*all_topics(routes), *workflow_topics],
+        [*all_topics(routes), *topics],
         on_token_fetch=lambda outcome: tokens.labels(outcome=outcome).inc(),
     )
     app[appkeys.PUBLISHER] = publisher
@@ -81,6 +83,23 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await _stop(connecting)
     await publisher.close()
+
+
+async def _quarantine_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The quarantine of refused deliveries, written with the relay's producer."""
+    settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
+    window = quarantine.Window(
+        settings.quarantine_max_records, settings.quarantine_max_bytes, settings.quarantine_window_s
+    )
+    kept = quarantine.Quarantine(
+        settings.topic_prefix,
+        window,
+        app[appkeys.PUBLISHER].send,
+        lambda outcome: metrics.quarantine_writes.labels(outcome=outcome).inc(),
+    )
+    app[appkeys.QUARANTINE] = kept
+    yield
+    await kept.close()
 
 
 async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -161,6 +180,8 @@ def create_app(
         app[appkeys.DELIVERY] = delivery
     else:
         app.cleanup_ctx.append(_publisher_ctx)
+        if settings.quarantine:
+            app.cleanup_ctx.append(_quarantine_ctx)
         if settings.spool_dir is not None:
             # After the publisher: the drainer uses it, and stops before it closes.
             app.cleanup_ctx.append(_spool_ctx)

@@ -14,6 +14,7 @@ from aiohttp import web
 from relay.delivery import Delivery
 from relay.ingress.admission import Admission
 from relay.ingress.dedup import RecentIds
+from relay.ingress.quarantine import Quarantine
 from relay.ingress.routing import Routes
 from relay.ingress.signatures import KeySet
 from relay.kafka.publisher import Publisher
@@ -38,3 +39,5 @@ DELIVERY: web.AppKey[Delivery] = web.AppKey("delivery")
 WORKFLOWS: web.AppKey[Mapping[str, WorkflowSource]] = web.AppKey("workflows")
 #: per request, a trace: the W3C context passed on, or OpenTelemetry spans (relay/tracing.py)
 TRACER: web.AppKey[Tracer] = web.AppKey("tracer")
+#: set only with RELAY_QUARANTINE on: where the 401 path hands refused deliveries
+QUARANTINE = web.AppKey("quarantine", Quarantine)

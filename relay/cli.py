@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -21,7 +24,8 @@ from relay.kafka.check import KafkaLoginError
 from relay.kafka.oauth import TokenError
 from relay.server import run_event_loop, serve, tls_context
 from relay.settings import Settings
-from relay.tools import checkconfig, keygen, send, tail
+from relay.spool import offline
+from relay.tools import checkconfig, keygen, redrive, send, tail
 from relay.tools.samples import SAMPLES, WORKFLOW_SAMPLES, sample, sample_names
 from relay.tracing import check_otel
 
@@ -29,6 +33,10 @@ from relay.tracing import check_otel
 EXIT_CONFIG = 2
 #: exit status for a bad argument of a command (a missing key, an unknown sample)
 EXIT_USAGE = 2
+#: exit status of ``relay redrive`` when Kafka failed under it
+EXIT_KAFKA = 3
+#: the consumer group of ``relay redrive`` for one topic
+REDRIVE_GROUP = "hoopai-relay-redrive.{topic}"
 #: exit status after Ctrl-C, as a shell reports it
 EXIT_INTERRUPTED = 130
 
@@ -70,7 +78,94 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keygen(command("keygen", "write a dev key pair for `relay send`"))
     _add_send(command("send", "sign and POST a sample delivery, as HoopAI does"))
     _add_tail(command("tail", "print the records of the relay's topics"))
+    _add_redrive(
+        command("redrive", "re-verify and re-route a topic's records (after a key or route fix)")
+    )
+    _add_spool(
+        command("spool", "look inside a spool directory, or drain it, with no relay running")
+    )
     return parser
+
+
+def _when(raw: str) -> int:
+    """An argparse type: an ISO 8601 time (UTC unless it says), as ms since the epoch."""
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw}: not an ISO 8601 time") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _offset(raw: str) -> int:
+    """An argparse type: an offset, 0 or more."""
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{raw}: must be 0 or more")
+    return value
+
+
+def _add_redrive(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``relay redrive``."""
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="TOPIC",
+        help=f"{', '.join(redrive.SHORT_NAMES)} (the relay's, under RELAY_TOPIC_PREFIX) "
+        "or a full topic name",
+    )
+    parser.add_argument(
+        "--group",
+        metavar="ID",
+        help="the consumer group whose offsets record progress (default "
+        f"{REDRIVE_GROUP.format(topic='<topic>')}); a new one reads the range again",
+    )
+    parser.add_argument("--since", type=_when, metavar="TIME", help="first record time (ISO 8601)")
+    parser.add_argument("--until", type=_when, metavar="TIME", help="records before this time")
+    parser.add_argument(
+        "--start-offset", type=_offset, metavar="N", help="first offset, each partition"
+    )
+    parser.add_argument("--end-offset", type=_offset, metavar="N", help="stop before this offset")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what each record would become; produce nothing, commit nothing",
+    )
+    parser.set_defaults(run=_redrive)
+
+
+def _add_spool(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``relay spool status|export|drain``."""
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, summary in (
+        ("status", "records, bytes, oldest age, damage and layout (reads only, takes no lock)"),
+        ("export", "every record as a JSON line on stdout, in drain order (reads only)"),
+        (
+            "drain",
+            "replay every record into Kafka in order, then exit (refused if a relay holds it)",
+        ),
+    ):
+        action = actions.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:]
+        )
+        action.add_argument(
+            "directory",
+            nargs="?",
+            type=Path,
+            metavar="DIR",
+            help="the spool directory (default: RELAY_SPOOL_DIR)",
+        )
+        if name == "status":
+            action.add_argument("--json", action="store_true", help="one JSON object per folder")
+        if name == "drain":
+            action.add_argument(
+                "--timeout",
+                type=_positive_float,
+                default=300.0,
+                metavar="S",
+                help="give up (exit 1) if a folder is not empty after S seconds (default 300)",
+            )
+    parser.set_defaults(run=_spool)
 
 
 def _add_serve(parser: argparse.ArgumentParser) -> None:
@@ -315,6 +410,70 @@ def _send(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0 if ok else 1
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    """``relay redrive``: 0 if every record read moved, 1 if some stayed, 3 on a Kafka error."""
+    settings = Settings.load(os.environ)
+    keys, routes = load_keys(settings), load_routing(settings)
+    logs.configure_tool("redrive")
+    source = redrive.source_topic(args.source, settings.topic_prefix)
+    where = redrive.Range(args.since, args.until, args.start_offset, args.end_offset)
+    try:
+        summary = asyncio.run(
+            redrive.redrive(
+                settings,
+                keys,
+                routes,
+                source=source,
+                group=args.group or REDRIVE_GROUP.format(topic=source),
+                where=where,
+                dry_run=args.dry_run,
+            )
+        )
+    except KeyboardInterrupt:
+        print("relay redrive: interrupted; run it again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (KafkaError, KafkaLoginError, TokenError, TimeoutError) as exc:
+        print(f"relay redrive: Kafka: {exc!r}; run it again to resume", file=sys.stderr)
+        return EXIT_KAFKA
+    print("\n".join(summary.lines(args.dry_run)))
+    return 1 if summary.left_behind else 0
+
+
+def _spool(args: argparse.Namespace) -> int:
+    """``relay spool``: 0; 1 if ``drain`` could not empty it; 2 if it is held or missing."""
+    settings = Settings.load(os.environ)
+    directory = args.directory or settings.spool_dir
+    if directory is None:
+        print("relay spool: give DIR, or set RELAY_SPOOL_DIR", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "status":
+        folders = offline.status(directory)
+        if args.json:
+            now_ms = int(time.time() * 1000)
+            for folder in folders:
+                print(json.dumps(folder.as_json(now_ms)))
+        else:
+            print("\n".join(offline.status_lines(folders)))
+        return 0
+    if args.action == "export":
+        out = sys.stdout.buffer
+        for line in offline.export(directory):
+            out.write(line + b"\n")
+        out.flush()
+        return 0
+    logs.configure_tool("spool")
+    try:
+        drained = asyncio.run(offline.drain(directory, settings, args.timeout))
+    except offline.NotDrained as exc:
+        print(f"relay spool drain: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    for path, records in drained:
+        print(f"relay spool drain: {path}: {records} records delivered; it is empty")
+    return 0
 
 
 def _tail(args: argparse.Namespace) -> int:

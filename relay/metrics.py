@@ -133,6 +133,14 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        # Quarantine (RELAY_QUARANTINE, relay/ingress/quarantine.py) and relay redrive.
+        self.quarantine_writes = Counter(
+            "relay_quarantine_writes",
+            "Refused deliveries offered to the quarantine topic, by outcome: written (acked), "
+            "failed (Kafka did not take it), dropped_records or dropped_bytes (over a cap).",
+            ["outcome"],
+            registry=r,
+        )
         # process_open_fds and process_resident_memory_bytes: connection floods, memory bound.
         ProcessCollector(registry=r)
         # The spool (RELAY_SPOOL_DIR); the gauges read the spool itself (relay/spool/spooler.py).

@@ -382,6 +382,28 @@ class Settings:
     #: no ``RELAY_*`` variable nor row in the settings table (README, "Workflow webhooks")
     workflows: tuple[WorkflowSource, ...] = dataclasses.field(default=())
 
+    quarantine: bool = _setting(
+        False,
+        _bool,
+        "also write each delivery refused for its signature (still answered 401) to "
+        "`<prefix>.quarantine`, for `relay redrive` after a key change (see Quarantine)",
+    )
+    quarantine_max_records: int = _setting(
+        1000,
+        _int,
+        "quarantined records per window, per process; past it they are dropped (counted)",
+        ok=_positive,
+    )
+    quarantine_max_bytes: int = _setting(
+        16 * 1024 * 1024,
+        _int,
+        "quarantined body bytes per window, per process; past it they are dropped (counted)",
+        ok=_positive,
+    )
+    quarantine_window_s: float = _setting(
+        60.0, _float, "the window of the two quarantine caps", ok=_positive
+    )
+
     @classmethod
     def load(cls, environ: Mapping[str, str], *, use_file: bool = True) -> Settings:
         """Defaults, then the config file (``RELAY_CONFIG_FILE``), then ``RELAY_*``; validated.

@@ -253,3 +253,28 @@ def serve(
     finally:
         relay.proc.terminate()
         relay.proc.wait(timeout=40)
+
+
+def command(
+    env: dict[str, str], *args: str, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``relay ARGS`` (a tool: ``spool``, ``redrive``) run to its end, as an operator does."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def spawn(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``relay ARGS`` started in the background (to be interrupted); its output goes to a file."""
+    log = cwd / f"command-{next(_numbers)}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", *args], env=env, cwd=cwd, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc, log

@@ -53,6 +53,7 @@ _KIND_OUTCOME = {
     Kind.DEADLETTER: Outcome.DEADLETTER,
 }
 Answer = tuple[Outcome, web.Response]
+_SIGNATURE_NAMES = ("X-GHL-Signature", "X-WH-Signature")
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -117,7 +118,7 @@ def _retryable(settings: Settings, metrics: Metrics, cause: str, event_type: str
 def _signature_headers(request: web.Request) -> tuple[str | None, str | None] | None:
     """The Ed25519 and RSA signature headers, or None when either is repeated."""
     found = []
-    for name in ("X-GHL-Signature", "X-WH-Signature"):
+    for name in _SIGNATURE_NAMES:
         values = request.headers.getall(name, [])
         if len(values) > 1:
             # Two signatures for one body: which one the sender meant is unknowable.
@@ -157,6 +158,7 @@ async def _handle(request: web.Request, trace: Trace) -> Answer:
         return _refused(metrics, body)
     verdict = _verify(request, body, trace)
     if isinstance(verdict, Rejected):
+        _quarantine(request, body, verdict.reason.value)
         return _unauthenticated(request, verdict.reason.value)
     taken = intake(
         body,
@@ -174,6 +176,14 @@ def _deadline(settings: Settings) -> float:
     The sender gives up after 5 s; ``ack_timeout_ms`` is under that.
     """
     return asyncio.get_running_loop().time() + settings.ack_timeout_ms / 1000
+
+
+def _quarantine(request: web.Request, body: bytes, reason: str) -> None:
+    """With RELAY_QUARANTINE: keep a delivery refused for its signature (bounded, no wait)."""
+    kept = request.app.get(appkeys.QUARANTINE)
+    if kept is not None:
+        signatures = [(n, v) for n in _SIGNATURE_NAMES for v in request.headers.getall(n, [])]
+        kept.offer(body, signatures, reason, request.remote, datetime.now(UTC))
 
 
 def _unauthenticated(request: web.Request, reason: str, **context: str) -> Answer:

@@ -74,6 +74,8 @@ DEADLETTER_REASONS: Final = frozenset({NOT_JSON, NOT_OBJECT})
 
 _UNROUTED: Final = "unrouted"
 _DEADLETTER: Final = "deadletter"
+# relay/ingress/quarantine.py's topic: never a family's, so nothing routed lands there.
+_QUARANTINE: Final = "quarantine"
 _OTHER: Final = "other"
 
 # Kafka's legal topic characters and its maximum topic name length.
@@ -174,7 +176,7 @@ def load_routes(path: Path, prefix: str, catalogue: Catalogue | None = None) -> 
         raise RoutesError(f"{path}: missing the [families] table")
     families = _table(data, "families", path)
     for key, family in families.items():
-        if family in (_UNROUTED, _DEADLETTER):
+        if family in (_UNROUTED, _DEADLETTER, _QUARANTINE):
             raise RoutesError(f"{path}: [families] {key}: family {family!r} is reserved")
         if not family or not _valid_topic(f"{prefix}.{family}"):
             raise RoutesError(

@@ -115,12 +115,17 @@ class Spooler:
         await self.spool.append(record)
         return Spooled()
 
-    async def drain(self) -> None:
-        """Replay the spool into Kafka for ever (a task; cancelled at shutdown)."""
+    async def drain(self, *, until_empty: bool = False) -> None:
+        """Replay the spool into Kafka for ever (a task; cancelled at shutdown).
+
+        ``until_empty``: return once the spool is empty (``relay spool drain``).
+        """
         await self.publisher.wait_connected()
         delay, size = _BACKOFF_MIN_S, DRAIN_BATCH
         while True:
             if self.spool.empty:
+                if until_empty:
+                    return
                 if self._spooling:
                     log.info("spool drained: publishing directly again")
                 self._spooling = False  # no await since the check: nothing slips in between
