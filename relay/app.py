@@ -95,7 +95,7 @@ async def _quarantine_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.topic_prefix,
         window,
         app[appkeys.PUBLISHER].send,
-        lambda outcome: metrics.quarantine_writes.labels(outcome=outcome).inc(),
+        lambda outcome: metrics.quarantine_writes.labels(result=outcome).inc(),
     )
     app[appkeys.QUARANTINE] = kept
     yield

@@ -136,9 +136,9 @@ class Metrics:
         # Quarantine (RELAY_QUARANTINE, relay/ingress/quarantine.py) and relay redrive.
         self.quarantine_writes = Counter(
             "relay_quarantine_writes",
-            "Refused deliveries offered to the quarantine topic, by outcome: written (acked), "
+            "Refused deliveries offered to the quarantine topic, by result: written (acked), "
             "failed (Kafka did not take it), dropped_records or dropped_bytes (over a cap).",
-            ["outcome"],
+            ["result"],
             registry=r,
         )
         # process_open_fds and process_resident_memory_bytes: connection floods, memory bound.

@@ -9,6 +9,7 @@ scrapes a real relay for every metric name the alerts and the dashboard use.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -820,7 +821,8 @@ async def test_monitoring_uses_only_what_the_relay_exports(
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     (spool_dir / segment_name(1)).write_bytes(MAGIC + b"\x00\x00")
-    relay = await start_relay(max_body_bytes=4 * 1024 * 1024, spool_dir=spool_dir)
+    # Quarantine on: the stranger's 401 below is written, relay_quarantine_writes_total{result}.
+    relay = await start_relay(max_body_bytes=4 * 1024 * 1024, spool_dir=spool_dir, quarantine=True)
     accepted = as_delivery({"type": "ContactCreate", "locationId": "loc-mon"})
     too_big = as_delivery({"type": "NoteCreate", "locationId": "loc-mon", "body": "n" * 2_000_000})
     stranger = Ed25519PrivateKey.generate()
@@ -837,7 +839,10 @@ async def test_monitoring_uses_only_what_the_relay_exports(
             assert response.status == status
     async with http.post(relay.webhook_url, data=b"{}") as response:
         assert response.status == 401
-    text = await scrape(http, relay)
+    written = 'relay_quarantine_writes_total{result="written"}'
+    async with asyncio.timeout(30):
+        while written not in (text := await scrape(http, relay)):
+            await asyncio.sleep(0.2)
 
     families: set[str] = set()
     labels: dict[str, set[str]] = {}  # sample name -> its label names
@@ -876,6 +881,7 @@ async def test_monitoring_uses_only_what_the_relay_exports(
         "relay_spool_appends_total",
         "relay_spool_drained_total",
         "relay_spool_corrupt_total",
+        "relay_quarantine_writes_total",
     }
 
 
@@ -1082,3 +1088,31 @@ def test_dashboard_has_the_spool_panels_and_no_overlap() -> None:
         }
         assert not mine & cells, panel["title"]
         cells |= mine
+
+
+def test_spool_drain_job_mounts_the_named_claim() -> None:
+    """spoolDrain: a Job runs `relay spool drain` on the claim named, with the relay's config.
+
+    Its pod carries none of the Service's selector labels, and without a claim the render
+    stops naming the value to set.
+    """
+    drain = {"spoolDrain": {"enabled": True, "claim": "spool-r-hoopai-relay-2"}}
+    objects = render(CI_VALUES["spool"], drain)
+    job = only(objects, "Job")
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert container["command"][:4] == ["relay", "spool", "drain", mount["spool"]]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["spool"]["persistentVolumeClaim"]["claimName"] == "spool-r-hoopai-relay-2"
+    assert (
+        volumes["config"]
+        == {v["name"]: v for v in pod_template(objects)["spec"]["volumes"]}["config"]
+    )
+    selector = only(objects, "Service")["spec"]["selector"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert not find(render(CI_VALUES["spool"]), "Job")
+    result = template(values={"spoolDrain": {"enabled": True}})
+    assert result.returncode != 0
+    assert "spoolDrain.claim" in result.stderr

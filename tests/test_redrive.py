@@ -132,7 +132,7 @@ async def test_key_change_end_to_end(
                 kind: Counter([await deliver(http, trusting_a.webhook_url, r, s) for r, s in items])
                 for kind, items in sent.items()
             }
-            written = 'relay_quarantine_writes_total{outcome="written"}'
+            written = 'relay_quarantine_writes_total{result="written"}'
             async with asyncio.timeout(30):
                 while trusting_a.metric(written, 0) < 45:
                     await asyncio.sleep(0.2)
@@ -267,9 +267,9 @@ async def test_flood_of_forged_deliveries_is_capped(
         await asyncio.gather(*(flood(w) for w in range(32)), authentic())
         seconds = asyncio.get_running_loop().time() - began
         async with asyncio.timeout(30):
-            while relay.metric('relay_quarantine_writes_total{outcome="written"}', 0) < cap:
+            while relay.metric('relay_quarantine_writes_total{result="written"}', 0) < cap:
                 await asyncio.sleep(0.2)
-        dropped = relay.metric('relay_quarantine_writes_total{outcome="dropped_records"}', 0)
+        dropped = relay.metric('relay_quarantine_writes_total{result="dropped_records"}', 0)
     print(f"FLOOD forged={total} in {seconds:.1f} s, cap={cap}, dropped={dropped:.0f}")
     assert forged_status == {401: total // 32 * 32}
     assert real_status == {200: 100}
