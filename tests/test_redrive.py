@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives import serialization
@@ -229,6 +230,7 @@ async def test_routing_fix_redrives_unrouted_in_order(
     assert by_key == sent
 
 
+@pytest.mark.chaos  # `make chaos`: the full 20,000 (HOOPAI_CHAOS=1); `make test`: 1,000
 async def test_flood_of_forged_deliveries_is_capped(
     kafka_bootstrap: str, public_key_files: tuple[Path, ...], ed25519_key: Ed25519PrivateKey,
     tmp_path: Path,
