@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
