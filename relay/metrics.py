@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import os
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
@@ -42,6 +43,29 @@ class Outcome(enum.StrEnum):
     SPOOLED = "spooled"
     #: 404: a workflow path whose name no [workflows.<name>] table configures
     NOT_FOUND = "not_found"
+
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+
+class Children(Generic[_Metric]):
+    """A labelled metric's children by their label values, each looked up once.
+
+    ``metric.labels(...)`` takes a lock and builds a tuple and a key on every call; on the
+    request path that is several per request (issue 21). The label values come from closed
+    sets (see the module's docstring), so this map stays as small as the metric's series.
+    """
+
+    def __init__(self, metric: _Metric) -> None:
+        self._metric: _Metric = metric
+        self._bound: dict[tuple[str, ...], _Metric] = {}
+
+    def __call__(self, *values: str) -> _Metric:
+        """The child of these label values, in the order of the metric's label names."""
+        child = self._bound.get(values)
+        if child is None:
+            child = self._bound[values] = self._metric.labels(*values)
+        return child
 
 
 def in_files() -> bool:
@@ -182,3 +206,7 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        # The children the request path counts into, bound once (Children above).
+        self.requests_by = Children(self.requests)
+        self.request_seconds_by = Children(self.request_seconds)
+        self.http_responses_by = Children(self.http_responses)

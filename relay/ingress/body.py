@@ -28,16 +28,20 @@ class Refused:
     close: bool = True
 
 
+def _too_large(max_bytes: int) -> Refused:
+    """The 413, made only when it is the answer (not on every request)."""
+    return Refused(413, Outcome.TOO_LARGE, {"limit": max_bytes})
+
+
 async def read_body(request: web.Request, max_bytes: int, deadline: float) -> bytes | Refused:
     """The whole body as received, or why it was refused; ``deadline`` is event-loop time."""
     encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     if encoding not in ("", "identity"):
         # The signature covers the bytes on the wire; inflating untrusted input is a bomb.
         return Refused(415, Outcome.UNSUPPORTED_ENCODING, {"error": "content-encoding"}, False)
-    too_large = Refused(413, Outcome.TOO_LARGE, {"limit": max_bytes})
     declared = request.content_length
     if declared is not None and declared > max_bytes:
-        return too_large
+        return _too_large(max_bytes)
     try:
         if request.content.is_eof():
             # Usually the whole body came with the head: no timer to arm and cancel.
@@ -46,7 +50,7 @@ async def read_body(request: web.Request, max_bytes: int, deadline: float) -> by
         async with asyncio.timeout_at(deadline):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return too_large
+        return _too_large(max_bytes)
     except TimeoutError:
         return Refused(408, Outcome.BODY_TIMEOUT, {"error": Outcome.BODY_TIMEOUT.value})
     except (ConnectionError, RequestPayloadError, HttpProcessingError):

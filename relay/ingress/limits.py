@@ -19,6 +19,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import Counter
 
 from relay import appkeys
+from relay.metrics import Children
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ async def expect_continue(request: web.Request) -> None:
     request.writer.output_size = 0  # the answer proper has not started yet
 
 
-def response_counter(counter: Counter) -> type[AbstractAccessLogger]:
+def response_counter(counter: Children[Counter]) -> type[AbstractAccessLogger]:
     """An access "logger" that counts every answer by status instead of logging it."""
 
     class ResponseCounter(AbstractAccessLogger):
@@ -61,7 +62,7 @@ def response_counter(counter: Counter) -> type[AbstractAccessLogger]:
 
         def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
             """Count one answer."""
-            counter.labels(status=str(response.status)).inc()
+            counter(str(response.status)).inc()
 
     return ResponseCounter
 
@@ -82,5 +83,5 @@ def runner_options(app: web.Application) -> dict[str, Any]:
     metrics = app.get(appkeys.METRICS)
     if metrics is not None:
         options["access_log"] = log  # never written to: the class below only counts
-        options["access_log_class"] = response_counter(metrics.http_responses)
+        options["access_log_class"] = response_counter(metrics.http_responses_by)
     return options
