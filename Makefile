@@ -155,7 +155,7 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
-bench: venv $(BIN)/.bench-installed kafka-up  ## the relay beside its ceilings and peers (about 8 min)
+bench: venv $(BIN)/.bench-installed kafka-up  ## the relay beside its ceilings and peers (about 9 min)
 	@if ! command -v wrk >/dev/null 2>&1 && ! echo '$(BENCH_ARGS)' | grep -q 'max-tool.python'; then \
 		echo "make bench: wrk is not installed: 'apt-get install wrk' (Debian/Ubuntu)," \
 		     "'brew install wrk' (macOS), or use the Python generator for the maximum:" \
