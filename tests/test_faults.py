@@ -42,7 +42,11 @@ async def test_stalled_brokers_get_429_within_deadline_then_recover(
     start_relay: StartRelay,
     ed25519_key: Ed25519PrivateKey,
 ) -> None:
-    """SIGSTOP every broker: 429 within the ack deadline, no 2xx; SIGCONT: 2xx again."""
+    """SIGSTOP every broker: 429 within the ack deadline, no 2xx; SIGCONT: 2xx again.
+
+    The cause is ``ack_timeout`` until the readiness probe notices the stall, and
+    ``not_connected``, answered at once, after it (README, "What the relay does with a delivery").
+    """
     relay = await start_relay(
         kafka_bootstrap_servers=tuple(kafka_cluster.bootstrap.split(",")), ack_timeout_ms=1500
     )
@@ -52,7 +56,8 @@ async def test_stalled_brokers_get_429_within_deadline_then_recover(
             for _ in range(3):
                 began = time.monotonic()
                 status, answer = await deliver(http, relay, ed25519_key)
-                assert (status, answer["error"]) == (429, "ack_timeout")
+                assert status == 429
+                assert answer["error"] in {"ack_timeout", "not_connected"}
                 assert time.monotonic() - began < 1.5 + 1.0  # deadline plus slack
         statuses: list[int] = []
         async with asyncio.timeout(60):
