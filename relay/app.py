@@ -36,8 +36,6 @@ from relay.workflows import topic_of
 WEBHOOK_PATH = "/webhooks/hoopai"
 #: one path per ``[workflows.<name>]`` source (relay/ingress/handler.py, receive_workflow)
 WORKFLOW_PATH = WEBHOOK_PATH + "/workflows/{name}"
-#: one path per ``[workflows.<name>]`` source (relay/ingress/handler.py, receive_workflow)
-WORKFLOW_PATH = WEBHOOK_PATH + "/workflows/{name}"
 
 
 def load_keys(settings: Settings) -> KeySet:
