@@ -36,10 +36,11 @@ SOURCES: list[dict[str, Any]] = tomllib.loads((SAMPLES / "sources.toml").read_te
 BY_NAME = {entry["name"]: entry for entry in SOURCES}
 #: every name a record's ce_type can carry -> its family
 FAMILY = {e.name: e.family for e in CATALOGUE.events} | {s.name: s.family for s in CATALOGUE.shapes}
-#: the headers of every record before the catalogue, and the one it added
+#: the headers of every record before the catalogue, the one it added, and the W3C trace
+#: context every record carries since issue 18 (relay/tracing.py)
 HEADERS = {
     "ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "content-type",
-    "hoopai_signature", "hoopai_signature_scheme", "hoopai_key_source",
+    "hoopai_signature", "hoopai_signature_scheme", "hoopai_key_source", "traceparent",
 }  # fmt: skip
 
 # HoopAI's 17 events, as the relay routed and keyed their published examples before the
@@ -210,7 +211,7 @@ def test_seed_event_behaves_as_before(
     key: str,
     ce_type: str,
 ) -> None:
-    """HoopAI's 17 events keep their topic, key, ce_type and headers; plus hoopai_key_source."""
+    """HoopAI's 17 events keep their topic, key, ce_type and headers; plus key source, trace."""
     record = delivered[name].record
     assert record.topic == f"{events_relay.prefix}.{family}"
     assert record.key == key.encode()
