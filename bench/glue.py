@@ -10,9 +10,17 @@ one request costs: the HTTP parse and answer, the verify, the handler, the recor
 metrics (start-up, imports and the client's fixed costs cancel out; the client's per-request
 share, a write and two reads, does not, and stays the same before and after a change).
 
-Usage: ``python -m bench.glue [--few 100] [--many 600] [--requests-dir DIR]`` (about a
-minute on a quiet machine; valgrind must be installed). ``--run DIR --count N`` is the
-measured child.
+With ``--kafka BOOTSTRAP`` the delivery is the relay's own (relay/kafka/direct.py, the
+publisher, ``acks=all``, idempotent) to that broker, so the count adds the Kafka client's
+cost. The requests go one after the other, so each record is a produce request of its own:
+the low-rate path, where nothing is batched, which is where the client costs most.
+Background work that runs by the clock (the readiness probe, aiokafka's metadata refresh)
+is counted too; it is a few thousand instructions a second, next to the requests'
+hundreds of millions.
+
+Usage: ``python -m bench.glue [--few 100] [--many 600] [--requests-dir DIR] [--kafka
+127.0.0.1:9092]`` (about a minute on a quiet machine; valgrind must be installed).
+``--run DIR --count N`` is the measured child.
 """
 
 from __future__ import annotations
@@ -30,10 +38,14 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import deliveries
+from aiohttp import web
+
+from bench import ceiling, deliveries
 from bench.nokafka import Discard
 from bench.targets import REPO, child_env
+from relay import appkeys
 from relay.app import create_app
+from relay.ingress.signatures import load_public_keys
 from relay.server import run_event_loop, start
 from relay.settings import Settings
 
@@ -41,17 +53,32 @@ _COLLECTED: Final = re.compile(rb"Collected : (\d+)")
 _LENGTH: Final = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
-async def _drive(directory: Path, count: int) -> None:
-    """Serve, then send the first ``count`` requests one after the other; all must be 200."""
-    settings = Settings.load(
-        {
-            "RELAY_PUBLIC_KEYS": str(directory / "public.pem"),
-            "RELAY_ROUTES_FILE": str(REPO / "config" / "routes.toml"),
-            "RELAY_TOPIC_PREFIX": "glue",
-        },
-        use_file=False,
-    )
-    runner = await start(create_app(settings, Discard()), "127.0.0.1", 0)
+def _app(directory: Path, kafka: str | None, ceiling_app: bool) -> web.Application:
+    """The relay's app (records discarded, or to ``kafka``), or the verification ceiling's."""
+    if ceiling_app:
+        return ceiling.create_app(load_public_keys([directory / "public.pem"]))
+    environ = {
+        "RELAY_PUBLIC_KEYS": str(directory / "public.pem"),
+        "RELAY_ROUTES_FILE": str(REPO / "config" / "routes.toml"),
+        "RELAY_TOPIC_PREFIX": "glue",
+    }
+    if kafka is not None:
+        environ |= {"RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka, "RELAY_CREATE_TOPICS": "true"}
+    settings = Settings.load(environ, use_file=False)
+    return create_app(settings, None if kafka else Discard())
+
+
+async def _drive(directory: Path, count: int, kafka: str | None, ceiling_app: bool) -> None:
+    """Serve, then send the first ``count`` requests one after the other; all must be 200.
+
+    With ``kafka``, to that broker, once the producer is ready.
+    """
+    app = _app(directory, kafka, ceiling_app)
+    runner = await start(app, "127.0.0.1", 0)
+    if not ceiling_app:
+        async with asyncio.timeout(60):
+            while app[appkeys.DELIVERY].readiness().problems:
+                await asyncio.sleep(0.1)
     port = runner.addresses[0][1]
     requests = deliveries.read_requests(directory / "requests.bin")[:count]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -68,7 +95,7 @@ async def _drive(directory: Path, count: int) -> None:
         await runner.cleanup()
 
 
-def _instructions(directory: Path, counts: Sequence[int]) -> list[int]:
+def _instructions(directory: Path, counts: Sequence[int], extra: Sequence[str]) -> list[int]:
     """Instructions callgrind counted for each whole child, sending ``count`` requests each.
 
     The children run at once: an instruction count does not depend on who else runs.
@@ -79,6 +106,7 @@ def _instructions(directory: Path, counts: Sequence[int]) -> list[int]:
     for count in counts:
         argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
         argv += ["-m", "bench.glue", "--run", str(directory), "--count", str(count)]
+        argv += extra
         children.append(
             subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603 -- argv built here
         )
@@ -102,11 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="keep the signed requests here and reuse them (the same bytes before and after)",
     )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--kafka", metavar="BOOTSTRAP", help="deliver to this broker")
+    target.add_argument(
+        "--ceiling", action="store_true", help="the verification ceiling (bench/ceiling.py)"
+    )
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run is not None:
-        run_event_loop(_drive(args.run, args.count))
+        run_event_loop(_drive(args.run, args.count, args.kafka, args.ceiling))
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("bench.glue: valgrind is not installed (apt-get install valgrind)")
@@ -121,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             deliveries.write_public_key(key, directory / "public.pem")
             signed = deliveries.build(args.many, key, locations=500, seed=6)
             deliveries.write_requests(signed, stored)
-        few, many = _instructions(directory, (args.few, args.many))
+        extra = ["--kafka", args.kafka] if args.kafka else ["--ceiling"] if args.ceiling else []
+        few, many = _instructions(directory, (args.few, args.many), extra)
     per_request = (many - few) / (args.many - args.few)
     print(f"instructions per request: {per_request:,.0f}")
     print(f"({few:,} for {args.few} requests, {many:,} for {args.many})")
