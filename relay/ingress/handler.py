@@ -84,9 +84,9 @@ async def _admitted(
             outcome, response = await handle(request, trace)
         finally:
             admission.leave()
-    trace.end(response.status, outcome.value)
+    trace.end(response.status, outcome)
     elapsed = time.monotonic() - started
-    app[appkeys.METRICS].request_seconds_by(outcome.value).observe(elapsed)
+    app[appkeys.METRICS].request_seconds_by(outcome).observe(elapsed)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "request",
@@ -99,9 +99,10 @@ def _answer(
     metrics: Metrics, status: int, outcome: Outcome, event_type: str, **fields: object
 ) -> Answer:
     """Count the request by outcome and type; its JSON answer."""
-    metrics.requests_by(outcome.value, event_type).inc()
+    # An Outcome is a StrEnum, its own value: no enum lookup per use (issue 21).
+    metrics.requests_by(outcome, event_type).inc()
     # orjson, not json_response's json.dumps: a few percent of the CPU per request.
-    answer = orjson.dumps({"outcome": outcome.value, **fields})
+    answer = orjson.dumps({"outcome": outcome, **fields})
     return outcome, web.Response(body=answer, status=status, content_type="application/json")
 
 

@@ -16,10 +16,9 @@ from typing import Any
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
-from prometheus_client import Counter
 
 from relay import appkeys
-from relay.metrics import Children
+from relay.metrics import Children, Countable
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ async def expect_continue(request: web.Request) -> None:
     request.writer.output_size = 0  # the answer proper has not started yet
 
 
-def response_counter(counter: Children[Counter]) -> type[AbstractAccessLogger]:
+def response_counter(counter: Children[Countable]) -> type[AbstractAccessLogger]:
     """An access "logger" that counts every answer by status instead of logging it."""
 
     class ResponseCounter(AbstractAccessLogger):

@@ -8,6 +8,7 @@ here does I/O except :func:`load_routes` reading those files, and nothing keeps 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import tomllib
@@ -109,6 +110,9 @@ class Routes:
     overrides: Mapping[str, str]
     #: what the relay knows of every event: families, recognition, key fields.
     catalogue: Catalogue
+    #: the route of every name the catalogue can recognise, worked out once by
+    #: :func:`load_routes` rather than on every request (the table is fixed once loaded)
+    recognised: Mapping[str, Route]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +201,25 @@ def load_routes(path: Path, prefix: str, catalogue: Catalogue | None = None) -> 
         if not _valid_topic(f"{prefix}.{family}"):
             raise RoutesError(f"topic prefix {prefix!r}: {prefix}.{family} is not a valid topic")
     ordered = sorted(families.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-    return Routes(
+    table = Routes(
         prefix=prefix,
         families=tuple(ordered),
         overrides=types.MappingProxyType(overrides),
         catalogue=catalogue,
+        recognised=types.MappingProxyType({}),
     )
+    names = {e.name: e.family for e in catalogue.events} | {
+        s.name: s.family for s in catalogue.shapes
+    }
+    recognised = {name: _recognised_route(name, family, table) for name, family in names.items()}
+    return dataclasses.replace(table, recognised=types.MappingProxyType(recognised))
+
+
+def _recognised_route(name: str, family: str, routes: Routes) -> Route:
+    """The route of a body the catalogue names ``name``, of ``family``."""
+    topic = _family_topic(name, routes) or f"{routes.prefix}.{family}"
+    chain = routes.catalogue.key_chain(family)
+    return Route(topic, Kind.ROUTED, name, None, chain, recognised=True)
 
 
 def all_topics(routes: Routes) -> list[str]:
@@ -251,9 +268,7 @@ def route(event: dict[str, object] | str, routes: Routes) -> Route:
     catalogue = routes.catalogue
     named = recognise(event, catalogue)
     if named is not None:
-        topic = _family_topic(named.name, routes) or f"{routes.prefix}.{named.family}"
-        chain = catalogue.key_chain(named.family)
-        return Route(topic, Kind.ROUTED, named.name, None, chain, recognised=True)
+        return routes.recognised[named.name]
     raw_type = event.get("type")
     event_type = raw_type if isinstance(raw_type, str) else None
     if event_type is not None:

@@ -30,8 +30,10 @@ from relay import logs
 from relay.delivery import Acked
 from relay.errors import AckTimeout, NotConnected, ProduceFailed
 from relay.kafka.check import KafkaLoginError
+from relay.kafka.deadlines import Deadlines
 from relay.kafka.oauth import TokenError
 from relay.kafka.options import client_options, preflight, token_provider
+from relay.kafka.partitioner import KeyHashPartitioner
 from relay.kafka.topics import ensure_topics
 from relay.records import Record
 from relay.settings import Settings
@@ -70,6 +72,9 @@ class Publisher:
         #: when the cluster was found unreachable after being reached (monotonic)
         self._unreachable_since: float | None = None
         self._replacing: asyncio.Task[None] | None = None
+        self._deadlines = Deadlines()
+        #: shared by every producer this publisher starts, so that no key is hashed twice
+        self._partitioner = KeyHashPartitioner()
 
     @property
     def connected(self) -> bool:
@@ -96,6 +101,7 @@ class Publisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=s.kafka_linger_ms,
+            partitioner=self._partitioner,
             max_request_size=s.max_body_bytes + _RECORD_OVERHEAD,
             request_timeout_ms=max(s.ack_timeout_ms, 5000),
         )
@@ -282,20 +288,29 @@ class Publisher:
             raise NotConnected("the producer has not reached the cluster yet")
         if self.known_down:
             raise NotConnected("kafka unreachable (readiness probe)")
+        # One timer per 10 ms of deadlines, not one per request (relay/kafka/deadlines.py).
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 -- publish runs in the handler's task
+        bucket = self._deadlines.enter(task, deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                delivery = await producer.send(
-                    record.topic, record.value, key=record.key, headers=list(record.headers)
-                )
-                self._watch(producer, delivery)
-                metadata: RecordMetadata = await delivery
-                return Acked(metadata.topic, metadata.partition, metadata.offset)
-        except (TimeoutError, KafkaTimeoutError):
+            delivery = await producer.send(
+                record.topic, record.value, key=record.key, headers=list(record.headers)
+            )
+            self._watch(producer, delivery)
+            metadata: RecordMetadata = await delivery
+            return Acked(metadata.topic, metadata.partition, metadata.offset)
+        except asyncio.CancelledError:
+            if self._deadlines.lapsed(task):
+                raise AckTimeout("no ack before the deadline") from None
+            raise
+        except KafkaTimeoutError:
             raise AckTimeout("no ack before the deadline") from None
         except KafkaError as exc:
             raise ProduceFailed(
                 str(exc), kafka_error=type(exc).__name__, retriable=exc.retriable
             ) from exc
+        finally:
+            self._deadlines.leave(task, bucket)
 
     async def send(self, record: Record) -> asyncio.Future[RecordMetadata]:
         """Hand ``record`` to the producer; the future resolves with its ack (the drainer).
