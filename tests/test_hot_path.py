@@ -81,9 +81,12 @@ def test_the_request_paths_metrics_are_local_unless_they_go_to_files(
     """One process: local (lock-free); a worker of --workers: prometheus_client's, in files."""
     alone = Metrics()
     alone.requests_by("accepted", "ContactCreate").inc()
-    assert alone.registry.get_sample_value(
-        "relay_requests_total", {"outcome": "accepted", "event_type": "ContactCreate"}
-    ) == 1
+    assert (
+        alone.registry.get_sample_value(
+            "relay_requests_total", {"outcome": "accepted", "event_type": "ContactCreate"}
+        )
+        == 1
+    )
     assert isinstance(alone.requests_by._metric, LocalCounter)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")
     assert isinstance(Metrics().requests_by._metric, Counter)
