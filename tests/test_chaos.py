@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from aiokafka.structs import RecordMetadata
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay.errors import ProduceFailed
 from relay.kafka.publisher import Publisher
 from relay.records import Record
 from relay.settings import Settings
@@ -414,5 +415,42 @@ async def test_a_producer_broken_for_good_is_replaced(kafka_bootstrap: str) -> N
         record = Record(topic=topic, key=b"k", value=b"{}", headers=())
         deadline = asyncio.get_running_loop().time() + 10
         assert (await publisher.publish(record, deadline)).topic == topic
+    finally:
+        await publisher.close()
+
+
+async def test_a_record_waited_for_that_breaks_the_producer_replaces_it(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same repair when the request still waits for the record (checked inline).
+
+    A record waited for is checked where its wait ends, not by a callback on each
+    (issue 21); this pins that path: the request gets the retryable error, and the relay
+    a new producer, which then delivers.
+    """
+    settings = Settings(kafka_bootstrap_servers=tuple(kafka_bootstrap.split(",")))
+    publisher = Publisher(settings)
+    await publisher.connect()
+    loop = asyncio.get_running_loop()
+    try:
+        broken = publisher._producer  # the unit under test is the swap of this private
+        assert broken is not None
+
+        async def send_that_breaks(*args: object, **kwargs: object) -> asyncio.Future[None]:
+            failed: asyncio.Future[None] = loop.create_future()
+            failed.set_exception(OutOfOrderSequenceNumber())
+            return failed
+
+        monkeypatch.setattr(broken, "send", send_that_breaks)
+        topic = unique_topic("replaced-inline")
+        record = Record(topic=topic, key=b"k", value=b"{}", headers=())
+        with pytest.raises(ProduceFailed) as failed:
+            await publisher.publish(record, loop.time() + 10)
+        assert failed.value.kafka_error == "OutOfOrderSequenceNumber"
+        assert not publisher.connected
+        async with asyncio.timeout(30):
+            await publisher.wait_connected()
+        assert publisher._producer is not broken
+        assert (await publisher.publish(record, loop.time() + 10)).topic == topic
     finally:
         await publisher.close()

@@ -143,6 +143,8 @@ class Catalogue:
     key: tuple[str, ...]
     #: every ``type`` value that names an event (names and aliases) -> that event
     by_type: Mapping[str, Event]
+    #: the same values -> the recognition of a body with that ``type``, made once
+    recognised_by_type: Mapping[str, Recognition]
 
     def names(self) -> frozenset[str]:
         """Every name a recognised body can carry: the events' and the shapes'."""
@@ -326,6 +328,9 @@ def _build(data: dict[str, object]) -> Catalogue:
         shapes=shapes,
         key=key,
         by_type=types.MappingProxyType(by_type),
+        recognised_by_type=types.MappingProxyType(
+            {value: Recognition(e.name, e.family, e) for value, e in by_type.items()}
+        ),
     )
 
 
@@ -337,9 +342,9 @@ def recognise(event: Mapping[str, object], catalogue: Catalogue) -> Recognition 
     """
     kind = event.get("type")
     if isinstance(kind, str):
-        named = catalogue.by_type.get(kind)
+        named = catalogue.recognised_by_type.get(kind)
         if named is not None:
-            return Recognition(named.name, named.family, named)
+            return named
     for shape in catalogue.shapes:
         if shape.matches(event):
             one = catalogue.by_type[shape.name] if shape.events == (shape.name,) else None

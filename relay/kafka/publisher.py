@@ -236,15 +236,21 @@ class Publisher:
     def _watch(self, producer: AIOKafkaProducer, delivery: asyncio.Future[RecordMetadata]) -> None:
         """Replace ``producer`` if this record fails in a way that breaks it for good.
 
-        A callback, not a check in the caller: the failure often comes after the request
-        stopped waiting for it.
+        A callback, for a record nobody waits for any more (the drainer's, or a request's
+        past its deadline): that failure often comes after the wait ended. A record waited
+        for is checked where its wait ends, in :meth:`publish`.
         """
 
         def check(done: asyncio.Future[RecordMetadata]) -> None:
-            if not done.cancelled() and isinstance(done.exception(), _PRODUCER_BROKEN):
-                self._replace(producer)
+            if not done.cancelled():
+                self._check(producer, done.exception())
 
         delivery.add_done_callback(check)
+
+    def _check(self, producer: AIOKafkaProducer, error: BaseException | None) -> None:
+        """Replace ``producer`` if ``error``, a record's failure, breaks it for good."""
+        if isinstance(error, _PRODUCER_BROKEN):
+            self._replace(producer)
 
     def _replace(self, broken: AIOKafkaProducer) -> None:
         """Start a new producer in the background, once for all the records that saw it break."""
@@ -292,20 +298,25 @@ class Publisher:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 -- publish runs in the handler's task
         bucket = self._deadlines.enter(task, deadline)
+        delivery: asyncio.Future[RecordMetadata] | None = None
         try:
             delivery = await producer.send(
                 record.topic, record.value, key=record.key, headers=list(record.headers)
             )
-            self._watch(producer, delivery)
             metadata: RecordMetadata = await delivery
             return Acked(metadata.topic, metadata.partition, metadata.offset)
         except asyncio.CancelledError:
+            if delivery is not None:
+                # No longer waited for, the record can still fail and break the producer.
+                self._watch(producer, delivery)
             if self._deadlines.lapsed(task):
                 raise AckTimeout("no ack before the deadline") from None
             raise
         except KafkaTimeoutError:
             raise AckTimeout("no ack before the deadline") from None
         except KafkaError as exc:
+            # Checked here, not by a callback on every record: one less loop turn per ack.
+            self._check(producer, exc)
             raise ProduceFailed(
                 str(exc), kafka_error=type(exc).__name__, retriable=exc.retriable
             ) from exc
