@@ -338,7 +338,8 @@ def measure_target(plan: Plan, target: str, topic: str) -> Result:
     )
 
 
-async def _topics(bootstrap: str, names: Sequence[str], *, delete: bool) -> None:
+async def manage_topics(bootstrap: str, names: Sequence[str], *, delete: bool) -> None:
+    """Create the topics ``names`` (the peers'), or delete those of them that exist."""
     options = client_options(Settings(kafka_bootstrap_servers=(bootstrap,)))
     if not delete:
         await ensure_topics(options, names, None, None)
@@ -546,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ours = [*([kafka_topic] if "kafka" in targets else []), *peer_topics]
         if ours:
-            asyncio.run(_topics(plan.bootstrap, ours, delete=False))
+            asyncio.run(manage_topics(plan.bootstrap, ours, delete=False))
         for target in targets:
             if target in skipped:
                 results["targets"][target] = {"skipped": skipped[target]}
@@ -555,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep_topics:
             every = [*relay_topics, kafka_topic, *peer_topics]
-            asyncio.run(_topics(plan.bootstrap, every, delete=True))
+            asyncio.run(manage_topics(plan.bootstrap, every, delete=True))
         for name in (
             "requests.bin",
             "warm-requests.bin",

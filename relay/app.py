@@ -168,7 +168,9 @@ def create_app(
     kafka_options.check_at_start(settings)  # bad Kafka TLS files, say, stop the start here (exit 2)
     app[appkeys.METRICS] = metrics
     app[appkeys.RECENT_IDS] = RecentIds(settings.dedup_window)
-    app[appkeys.ADMISSION] = Admission(settings.max_in_flight, metrics.in_flight)
+    app[appkeys.ADMISSION] = Admission(
+        settings.max_in_flight, metrics.in_flight, at_scrape=not in_files()
+    )
     app[appkeys.SHUTTING_DOWN] = asyncio.Event()
     app[appkeys.WORKFLOWS] = {source.name: source for source in settings.workflows}
     app[appkeys.TRACER] = Propagator()

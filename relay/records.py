@@ -43,6 +43,14 @@ _RFC3339_RE: Final = re.compile(
     r"(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
 _RFC3339_MAX: Final = 64
+# Headers from closed sets, made once rather than encoded on every request.
+_SCHEME_HEADERS: Final = {
+    s: ("hoopai_signature_scheme", s.encode("ascii")) for s in SIGNATURE_SCHEMES
+}
+_KEY_SOURCE_HEADERS: Final = {
+    s: ("hoopai_key_source", s.encode("ascii"))
+    for s in (*catalogue.KEY_SOURCES.values(), catalogue.NO_KEY)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,24 +129,22 @@ def build_record(
     ``ce_id`` is :func:`idempotency_key` of the same body, computed once by the caller,
     which also needs it for the answer and the dedup window.
     """
-    if scheme not in SIGNATURE_SCHEMES:
+    scheme_header = _SCHEME_HEADERS.get(scheme)
+    if scheme_header is None:
         raise ValueError(f"unknown signature scheme: {scheme!r}")
     event_type = route.event_type
     ce_type = _TYPE_PREFIX + event_type if event_type else _UNKNOWN_TYPE
     timestamp = None if isinstance(event, str) else _rfc3339(event.get("timestamp"))
     ce_time = timestamp if timestamp is not None else format_time(received_at)
     headers = cloudevents_headers(ce_id=ce_id, ce_type=ce_type, source=source, ce_time=ce_time)
-    headers += [
-        ("hoopai_signature", _utf8(signature)),
-        ("hoopai_signature_scheme", scheme.encode("ascii")),
-    ]
+    headers += [("hoopai_signature", _utf8(signature)), scheme_header]
     key, key_source = (
         (None, catalogue.NO_KEY)
         if isinstance(event, str)
         else catalogue.partition_key(event, route.key_chain)
     )
     # Which field the key is: consumers tell agency-level events (company) from the rest.
-    headers.append(("hoopai_key_source", key_source.encode("ascii")))
+    headers.append(_KEY_SOURCE_HEADERS[key_source])
     if route.kind is Kind.DEADLETTER and route.reason is not None:
         headers.append(("hoopai_deadletter_reason", route.reason.encode("ascii")))
     return Record(topic=route.topic, key=key, value=body, headers=tuple(headers))

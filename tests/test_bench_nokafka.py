@@ -1,14 +1,15 @@
-"""The benchmark's "relay without Kafka" and its instruction count (issue 21)."""
+"""The benchmark's "relay without Kafka", its instruction count, its rounds (issue 21)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import deliveries
+from bench import deliveries, rounds
 from bench.targets import child_env, pinned
 
 
@@ -44,3 +45,38 @@ def test_a_delivery_signed_by_another_key_fails_the_glue_child(tmp_path: Path) -
     done = subprocess.run(argv, env=child_env(), capture_output=True, timeout=120, check=False)
     assert done.returncode != 0
     assert b"not a 200" in done.stderr
+
+
+def test_the_glue_child_serves_the_verification_ceiling_too(tmp_path: Path) -> None:
+    """``--ceiling``: the same child with bench/ceiling.py's app, 200 to each signed delivery."""
+    key = Ed25519PrivateKey.generate()
+    deliveries.write_public_key(key, tmp_path / "public.pem")
+    deliveries.write_requests(
+        deliveries.build(10, key, locations=5, seed=3), tmp_path / "requests.bin"
+    )
+    argv = [sys.executable, "-m", "bench.glue", "--run", str(tmp_path), "--count", "10"]
+    done = subprocess.run(
+        [*argv, "--ceiling"], env=child_env(), capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def _round(verify: float, relay: float, cpu_verify: float, cpu_relay: float) -> dict[str, Any]:
+    def point(rate: float, cpu: float) -> dict[str, float]:
+        return {"rate": rate, "cpu_ms_per_request": cpu, "p99_ms": 1.0, "not_ok": 0}
+
+    return {
+        "verify": {"max": point(verify, 0.2), "same_rate": point(1000, cpu_verify)},
+        "relay": {"max": point(relay, 0.4), "same_rate": point(1000, cpu_relay)},
+    }
+
+
+def test_the_rounds_report_gives_each_ratios_median_and_range() -> None:
+    """bench.rounds: per-round ratios, their median and range; absent targets' ratios left out."""
+    text = rounds.report(
+        [_round(4000, 2000, 0.3, 0.6), _round(5000, 2000, 0.4, 0.6), _round(4000, 2400, 0.3, 0.9)]
+    )
+    line = next(row for row in text.splitlines() if row.startswith("| relay / verify |"))
+    # max ratios 0.5, 0.4, 0.6; CPU ratios 2.0, 1.5, 3.0
+    assert line == "| relay / verify | 0.500 (0.400 to 0.600) | 2.000 (1.500 to 3.000) |"
+    assert "relay / fastapi" not in text

@@ -6,7 +6,8 @@ event loop; each is checked here to give what the piece it replaces gives:
 - the local counters and histograms (relay/metrics.py) expose what prometheus_client's do;
 - the key-hash partitioner (relay/kafka/partitioner.py) picks aiokafka's partition;
 - the shared deadlines (relay/kafka/deadlines.py) time out as ``asyncio.timeout_at`` does,
-  and a cancellation from elsewhere still propagates.
+  and a cancellation from elsewhere still propagates;
+- the in-flight gauge read at scrape time shows what one kept on every request shows.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from relay.ingress.admission import Admission
 from relay.kafka.deadlines import RESOLUTION, Deadlines
 from relay.kafka.partitioner import KeyHashPartitioner
 from relay.metrics import LocalCounter, LocalHistogram, Metrics
@@ -160,3 +162,17 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> 
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert len(deadlines) == 0
+
+
+@pytest.mark.parametrize("at_scrape", [True, False])
+def test_the_in_flight_gauge_shows_the_admitted_count_either_way(at_scrape: bool) -> None:
+    """Read at scrape time (one process) or kept on every request (files): the same figure."""
+    registry = CollectorRegistry()
+    gauge = Gauge("t_in_flight", "In flight.", registry=registry)
+    admission = Admission(2, gauge, at_scrape=at_scrape)
+    assert admission.enter()
+    assert admission.enter()
+    assert not admission.enter()  # the limit: refused, not counted
+    assert registry.get_sample_value("t_in_flight") == 2
+    admission.leave()
+    assert registry.get_sample_value("t_in_flight") == 1
