@@ -26,7 +26,7 @@ export KAFKA_VERSION HELM PROMETHEUS PROMTOOL TOXIPROXY
 
 .PHONY: help venv kafka-fetch kafka-up kafka-down kafka-cluster-up kafka-cluster-down \
         kafka-secure-up kafka-secure-down \
-        kafka-logs helm prometheus image-tools image toxiproxy lint lock test run demo demo-stop bench soak chaos clean
+        kafka-logs helm prometheus image-tools image toxiproxy lint lock test run demo demo-stop bench rounds soak chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -163,6 +163,12 @@ bench: venv $(BIN)/.bench-installed kafka-up  ## the relay beside its ceilings a
 		exit 1; \
 	fi
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The issue-21 ratios in interleaved rounds, median and range (docs/benchmarks.md).
+ROUNDS_ARGS ?=
+
+rounds: venv $(BIN)/.bench-installed kafka-up  ## the relay's ratios to its ceiling and peer, in rounds (about 4 min; needs wrk)
+	$(BIN)/python -m bench.rounds $(ROUNDS_ARGS)
 
 # The same fault tests as in `make test`, with the long durations (about 10 min).
 # 10 minutes at half the relay's max, memory sampled every 5 s (docs/benchmarks.md, Soak).

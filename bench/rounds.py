@@ -11,8 +11,8 @@ its range, so the drift shows as spread instead of as a result.
 
 Each round measures, per target: the maximum (wrk, closed loop), then the CPU per request
 at one open-loop rate common to all targets (``--fraction`` of the relay's maximum in the
-first round): the issue's "at the same rate". Needs the local broker (``make kafka-up``)
-and wrk.
+first round, or ``--rate``, to compare runs): the issue's "at the same rate". Needs the
+local broker (``make kafka-up``) and wrk.
 
 The relay's window of recent ids is off here (``RELAY_DEDUP_WINDOW=0``): the targets live
 through every round and see the same deliveries again, which the window would answer as
@@ -141,7 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rounds", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0, help="per point (4)")
-    parser.add_argument("--fraction", type=float, default=0.5, help="the common rate (0.5)")
+    parser.add_argument(
+        "--fraction", type=float, default=0.5, help="the common rate, of the relay's max (0.5)"
+    )
+    parser.add_argument(
+        "--rate", type=float, help="the common rate in requests/s (to compare two runs)"
+    )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in servers.values():
             server.wait_ready()
             _point(server, requests, 2, args.connections, None, out / f"{server.name}-warm.out")
-        same_rate = None
+        same_rate: float | None = args.rate
         for n in range(args.rounds):
             order = targets[n % len(targets) :] + targets[: n % len(targets)]
             maxima = {
