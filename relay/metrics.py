@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import math
 import os
 import time
@@ -227,37 +228,26 @@ class Children(Generic[_Series]):
 
 
 def _counter(
-    registry: CollectorRegistry, name: str, doc: str, labelnames: Sequence[str]
+    local: bool, registry: CollectorRegistry, name: str, doc: str, labelnames: Sequence[str]
 ) -> Labelled[Countable]:
+    if local:
+        return LocalCounter(name, doc, labelnames, registry)
     return Counter(name, doc, labelnames, registry=registry)
 
 
-def _local_counter(
-    registry: CollectorRegistry, name: str, doc: str, labelnames: Sequence[str]
-) -> Labelled[Countable]:
-    return LocalCounter(name, doc, labelnames, registry)
-
-
 def _histogram(
+    local: bool,
     registry: CollectorRegistry,
     name: str,
     doc: str,
     labelnames: Sequence[str],
     buckets: Sequence[float],
 ) -> Labelled[Observable]:
+    if local:
+        return LocalHistogram(name, doc, labelnames, registry, buckets)
     metric = Histogram(name, doc, labelnames, registry=registry, buckets=buckets)
     # An unlabelled Histogram has no labels(): it is its own only series.
     return metric if labelnames else _Itself(metric)
-
-
-def _local_histogram(
-    registry: CollectorRegistry,
-    name: str,
-    doc: str,
-    labelnames: Sequence[str],
-    buckets: Sequence[float],
-) -> Labelled[Observable]:
-    return LocalHistogram(name, doc, labelnames, registry, buckets)
 
 
 class _Itself:
@@ -287,10 +277,10 @@ class Metrics:
         r = self.registry
         # The request path's five: lock-free unless they go to files (see _Local).
         local = not in_files()
-        counter = _local_counter if local else _counter
-        histogram = _local_histogram if local else _histogram
+        counter = functools.partial(_counter, local, r)
+        histogram = functools.partial(_histogram, local, r)
         self.requests_by = Children(
-            counter(r, "relay_requests", "Webhook requests by outcome and event type.",
+            counter("relay_requests", "Webhook requests by outcome and event type.",
                     ["outcome", "event_type"])
         )  # fmt: skip
         self.workflow_requests = Counter(
@@ -324,17 +314,17 @@ class Metrics:
             registry=r,
         )
         self.request_seconds_by = Children(
-            histogram(r, "relay_request_duration_seconds",
+            histogram("relay_request_duration_seconds",
                       "Time from the request's headers to its answer, by outcome.",
                       ["outcome"], _LATENCY_BUCKETS)
         )  # fmt: skip
         self.produce_seconds: Observable = histogram(
-            r, "relay_kafka_produce_duration_seconds",
+            "relay_kafka_produce_duration_seconds",
             "Time from handing a record to the producer to its acknowledgement.",
             [], _LATENCY_BUCKETS,
         ).labels()  # fmt: skip
         self.verify_seconds: Observable = histogram(
-            r, "relay_signature_verify_duration_seconds", "Time spent verifying one signature.",
+            "relay_signature_verify_duration_seconds", "Time spent verifying one signature.",
             [], (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
         ).labels()  # fmt: skip
         self.in_flight = Gauge(
@@ -352,7 +342,7 @@ class Metrics:
             registry=r,
         )
         self.http_responses_by = Children(
-            counter(r, "relay_http_responses",
+            counter("relay_http_responses",
                     "Every answer the HTTP server wrote, by status, including aiohttp's own "
                     "400s for requests it could not parse (those never reach the handler).",
                     ["status"])
