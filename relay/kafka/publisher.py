@@ -34,6 +34,7 @@ from relay.kafka.deadlines import Deadlines
 from relay.kafka.oauth import TokenError
 from relay.kafka.options import client_options, preflight, token_provider
 from relay.kafka.partitioner import KeyHashPartitioner
+from relay.kafka.producer import Producer
 from relay.kafka.topics import ensure_topics
 from relay.records import Record
 from relay.settings import Settings
@@ -95,7 +96,7 @@ class Publisher:
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
-        return AIOKafkaProducer(
+        return Producer(
             **client_options(s, self._tokens),
             client_id="hoopai-relay",
             acks="all",
