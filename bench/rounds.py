@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2 or not wrk.available():
         raise SystemExit("bench.rounds: needs 2 cores or more, and wrk")
     targets = args.targets.split(",")
-    out: Path = args.out
+    out: Path = args.out.resolve()  # the targets run in it, and read the key from it
     out.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     print("bench.rounds: signing 40000 deliveries ...", file=sys.stderr, flush=True)

@@ -87,7 +87,7 @@ async def test_sigterm_under_load_loses_no_acknowledged_event(
         await watcher
     log = relay.text()
 
-    assert returncode == 0
+    assert returncode == 0, log
     assert 503 in ready_during_drain
     acknowledged = {i for i, status in answers.items() if status == 200}
     assert len(acknowledged) > SIGTERM_AFTER  # requests were still served while draining
