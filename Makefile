@@ -170,7 +170,7 @@ ROUNDS_ARGS ?=
 rounds: venv $(BIN)/.bench-installed kafka-up  ## the relay's ratios to its ceiling and peer, in rounds (about 4 min; needs wrk)
 	$(BIN)/python -m bench.rounds $(ROUNDS_ARGS)
 
-# The same fault tests as in `make test`, with the long durations (about 10 min).
+# The same fault tests as in `make test`, with the long durations (about 22 min on the 2-core dev box).
 # 10 minutes at half the relay's max, memory sampled every 5 s (docs/benchmarks.md, Soak).
 SOAK_ARGS ?=
 
