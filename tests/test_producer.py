@@ -178,18 +178,56 @@ async def test_concurrent_records_all_land_through_the_hand_written_codec(
 async def test_a_failure_inside_the_sender_fails_the_waiting_records(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug in a produce request ends the sender loop, and each waiting record gets an error."""
+    """A bug handling a produce answer ends the sender loop, and the waiting record gets an error.
 
-    async def broken(self: ours._ProduceHandler, node_id: int) -> None:
-        raise RuntimeError("a bug in the produce request")
+    ``handle_response`` is aiokafka's, called on either path: the callback's, and the task's
+    when there was no connection yet.
+    """
+
+    def broken(self: ours._ProduceHandler, response: Any) -> None:
+        raise RuntimeError("a bug in the produce answer's handling")
 
     producer = ours.Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        monkeypatch.setattr(ours._ProduceHandler, "do", broken)
+        monkeypatch.setattr(ours._ProduceHandler, "handle_response", broken)
         delivery = await producer.send(unique_topic("broken"), b"v", key=b"k")
         async with asyncio.timeout(10):
             with pytest.raises(KafkaError, match="Unexpected error during batch delivery"):
                 await delivery
     finally:
         await producer.stop()
+
+
+async def test_an_answer_past_the_request_timeout_is_retried_on_a_new_connection(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As with aiokafka's ``client.send``: the connection is closed, the record sent again, once.
+
+    The connection's request timeout is set to 0 once the producer is up, so the timer
+    fires before the broker can answer the first produce request; the second goes on the
+    connection aiokafka opens in its place, whose timeout is the producer's own.
+    """
+    topic = unique_topic("expired")
+    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
+    producer = ours.Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        async with asyncio.timeout(20):
+            first = await producer.send(topic, b"warm-up", key=b"k")
+            await first  # a connection to the leader exists from here on
+            impatient = list(producer.client._conns.values())
+            for conn in impatient:
+                conn._request_timeout = 0.0
+            with caplog.at_level("WARNING", logger=ours.__name__):
+                delivery = await producer.send(topic, b"timed-out-once", key=b"k")
+                ack = await delivery
+    finally:
+        # bounded too: a sender retrying on the late connection for ever would hang stop()
+        async with asyncio.timeout(10):
+            await producer.stop()
+    assert "RequestTimedOutError" in caplog.text
+    assert any(not conn.connected() for conn in impatient), "the late connection was not closed"
+    records = await consume(kafka_bootstrap, topic, 2)
+    assert [r.value for r in records] == [b"warm-up", b"timed-out-once"]
+    assert records[1].offset == ack.offset

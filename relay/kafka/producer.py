@@ -1,8 +1,8 @@
-"""aiokafka's producer, with two of its per-request costs cut: the codec and the waits.
+"""aiokafka's producer, with three of its per-request costs cut: codec, waits, request task.
 
 At low rates every record is its own produce request (the sender sends as soon as the
 previous one is answered), so whatever a produce request costs, a delivery costs.
-Measured with ``python -m bench.glue --kafka`` (docs/benchmarks.md, issue 21), two things
+Measured with ``python -m bench.glue --kafka`` (docs/benchmarks.md, issue 21), three things
 of aiokafka's were the largest there that the relay can change without a fork:
 
 - **The codec.** aiokafka encodes the request and decodes the response with its generic
@@ -13,11 +13,17 @@ of aiokafka's were the largest there that the relay can change without a fork:
   :meth:`ProduceRequest.prepare` falls back to aiokafka's own classes.
 - **The sender's waits.** Its loop waits with ``asyncio.wait`` (about 50,000 instructions
   each) twice per record: for the record, then for its answer. :class:`_Sender` wakes one
-  future by done-callbacks instead (3% fewer).
+  future by done-callbacks instead, and awaits the accumulator alone when nothing is in
+  flight (3% fewer).
+- **The request's task.** aiokafka runs each produce request as a task, through
+  ``client.send`` and three more coroutines and a timeout context per request.
+  :meth:`_ProduceHandler.start` writes it at once and handles the answer in a done-callback
+  with one timer (2.5% fewer, and one loop turn less).
 
-Both sit on aiokafka's private sender (``Producer._sender``, the handler's
-``create_request``, the sender's ``_sender_routine``). The version is pinned in
-requirements.lock, and tests/test_producer.py checks the codec byte for byte against
+All three sit on aiokafka's private sender and connection (``Producer._sender``, the
+handler's ``create_request`` and ``handle_response``, the sender's ``_sender_routine``, the
+client's ``_conns``, the connection's ``_requests`` and ``_writer``). The version is held to
+0.14.x in pyproject.toml, and tests/test_producer.py checks the codec byte for byte against
 aiokafka's and each private name this module uses, so an upgrade that moves them fails
 there, not in production.
 """
@@ -25,16 +31,21 @@ there, not in production.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from io import BytesIO
 from typing import Any, Final, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.client import ConnectionGroup
+from aiokafka.conn import CloseReason
 from aiokafka.errors import (
+    KafkaConnectionError,
     KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    RequestTimedOutError,
     TransactionalIdAuthorizationFailed,
 )
 from aiokafka.producer.sender import Sender, SendProduceReqHandler
@@ -155,8 +166,122 @@ class ProduceRequest(produce.ProduceRequest):  # type: ignore[misc]  # aiokafka 
         return super().prepare(versions)
 
 
+class _Expired(Exception):
+    """A produce request's answer did not come within the connection's request timeout."""
+
+
+def _expire(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(_Expired())
+
+
+def _pass_on(ended: asyncio.Future[None], retry: asyncio.Task[None]) -> None:
+    if retry.cancelled():
+        ended.cancel()
+        return
+    error = retry.exception()
+    if error is None:
+        ended.set_result(None)
+    else:
+        ended.set_exception(error)
+
+
 class _ProduceHandler(SendProduceReqHandler):  # type: ignore[misc]  # aiokafka is untyped
-    """aiokafka's produce handler, building :class:`ProduceRequest` instead of its own."""
+    """aiokafka's produce handler, building :class:`ProduceRequest`, answered by a callback.
+
+    aiokafka runs each produce request as a task (``do``): the task's first turn writes
+    the request, through ``client.send``, three more coroutines (``ready``, ``_get_conn``
+    and the connection's ``wait_for``) and a timeout context armed and disarmed for each
+    request. :meth:`start` writes it at once, as ``conn.send`` writes it, and handles the
+    answer in a done-callback with one timer: no task, one loop turn less per record.
+    What aiokafka does with the answer, this does: ``handle_response`` is aiokafka's, an
+    error is handled as in ``do``, and so is a timeout (the connection is closed, the error
+    is RequestTimedOutError). Without a connection (the first request, a broker gone) and
+    for ``acks=0``, it is aiokafka's own ``do``, which connects.
+    """
+
+    def start(self, node_id: int) -> asyncio.Future[None]:
+        """Send the request to ``node_id``; done when it has ended and its batches are settled.
+
+        Settled: delivered, failed, or put back in the accumulator to be retried.
+        """
+        request = self.create_request()
+        conn = self._client._conns.get((node_id, ConnectionGroup.DEFAULT))
+        if conn is None or not conn.connected() or request.required_acks == 0:
+            task: asyncio.Task[None] = create_task(self.do(node_id))
+            return task
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        prepared = request.prepare(conn._versions)
+        correlation_id = conn._next_correlation_id()
+        header = prepared.build_request_header(
+            correlation_id=correlation_id, client_id=conn._client_id
+        )
+        message = header.encode() + prepared.encode()
+        try:
+            conn._writer.write(_I32.pack(len(message)) + message)
+        except OSError as err:
+            conn.close(reason=CloseReason.CONNECTION_BROKEN)
+            self._failed(
+                KafkaConnectionError(f"Connection at {conn.host}:{conn.port} broken: {err}")
+            )
+            self._settle(ended)
+            return ended
+        answer: asyncio.Future[Any] = loop.create_future()
+        conn._requests.append((correlation_id, prepared, answer))
+        timer = loop.call_later(conn._request_timeout, _expire, answer)
+        answer.add_done_callback(functools.partial(self._answered, conn, timer, ended))
+        return ended
+
+    def _answered(
+        self, conn: Any, timer: asyncio.TimerHandle, ended: asyncio.Future[None], answer: Any
+    ) -> None:
+        timer.cancel()
+        try:
+            self._handle(conn, answer)
+        except Exception as exc:  # as a task's error would: the sender loop raises it
+            ended.set_exception(exc)
+        else:
+            self._settle(ended)
+
+    def _handle(self, conn: Any, answer: asyncio.Future[Any]) -> None:
+        """What aiokafka's ``do`` does with the answer, or with its error."""
+        error = answer.exception()
+        if error is None:
+            self.handle_response(answer.result())
+        elif isinstance(error, _Expired):
+            conn.close(reason=CloseReason.CONNECTION_TIMEOUT)
+            self._failed(RequestTimedOutError())
+        elif isinstance(error, KafkaError):
+            self._failed(error)
+        else:
+            raise error
+
+    def _failed(self, err: KafkaError) -> None:
+        """What aiokafka's ``do`` does when the request failed as a whole."""
+        log.warning("Got error produce response: %s", err)
+        if getattr(err, "invalid_metadata", False):
+            self._client.force_metadata_update()
+        for batch in self._batches.values():
+            if not self._can_retry(err, batch):
+                batch.failure(exception=err)
+            else:
+                self._to_reenqueue.append(batch)
+
+    def _settle(self, ended: asyncio.Future[None]) -> None:
+        """End ``ended`` now, or after the backoff when batches are to be retried."""
+        if not self._to_reenqueue:
+            ended.set_result(None)
+            return
+        retry: asyncio.Task[None] = create_task(self._retry())
+        retry.add_done_callback(functools.partial(_pass_on, ended))
+
+    async def _retry(self) -> None:
+        """As aiokafka's ``do``: back off, put the batches back, wait for metadata asked for."""
+        await asyncio.sleep(self._default_backoff)
+        for batch in self._to_reenqueue:
+            self._sender._message_accumulator.reenqueue(batch)
+        await self._client._maybe_wait_metadata()
 
     def create_request(self) -> ProduceRequest:
         topics: dict[str, list[tuple[int, bytes]]] = {}
@@ -186,18 +311,21 @@ class _Sender(Sender):  # type: ignore[misc]  # aiokafka is untyped
             await super()._sender_routine()
             return
         loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
-        finished: list[asyncio.Task[None]] = []
+        requests: set[asyncio.Future[None]] = set()  # the produce requests in flight
+        finished: list[asyncio.Future[None]] = []
         wake: asyncio.Future[None] = loop.create_future()
 
         def woken(_: object) -> None:
             if not wake.done():
                 wake.set_result(None)
 
-        def answered(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            finished.append(task)
-            woken(task)
+        def answered(node_id: int, batches: Any, ended: asyncio.Future[None]) -> None:
+            self._in_flight.remove(node_id)
+            for tp in batches:
+                self._muted_partitions.remove(tp)
+            requests.discard(ended)
+            finished.append(ended)
+            woken(ended)
 
         try:
             while True:
@@ -207,11 +335,11 @@ class _Sender(Sender):  # type: ignore[misc]  # aiokafka is untyped
                     ignore_nodes=self._in_flight, muted_partitions=self._muted_partitions
                 )
                 for node_id, node_batches in batches.items():
-                    task = create_task(self._send_produce_req(node_id, node_batches))
                     self._in_flight.add(node_id)
                     self._muted_partitions.update(node_batches)
-                    tasks.add(task)
-                    task.add_done_callback(answered)
+                    ended = _ProduceHandler(self, node_batches).start(node_id)
+                    requests.add(ended)
+                    ended.add_done_callback(functools.partial(answered, node_id, node_batches))
                 waiter = (
                     self.client.force_metadata_update()
                     if unknown_leaders
@@ -219,6 +347,12 @@ class _Sender(Sender):  # type: ignore[misc]  # aiokafka is untyped
                 )
                 if finished or waiter.done():
                     await asyncio.sleep(0)  # as asyncio.wait would: one turn for the rest
+                elif not requests and not unknown_leaders:
+                    # Nothing in flight to wake for: the accumulator's waiter alone, one
+                    # loop turn less. Only this loop waits on it, and a waiter cancelled
+                    # with this task is done, which the accumulator takes as woken.
+                    # (Not the metadata update's future: others wait on that.)
+                    await waiter
                 else:
                     waiter.add_done_callback(woken)
                     await wake
@@ -227,20 +361,14 @@ class _Sender(Sender):  # type: ignore[misc]  # aiokafka is untyped
                 while finished:
                     finished.pop().result()  # never raises unless aiokafka has a bug
         except asyncio.CancelledError:
-            # as aiokafka's: let the requests in flight end (each removes itself from tasks)
-            for task in list(tasks):
-                await task
+            # as aiokafka's: let the requests in flight end (each removes itself from the set)
+            for ended in list(requests):
+                await ended
         except (ProducerFenced, OutOfOrderSequenceNumber, TransactionalIdAuthorizationFailed):
             raise
         except Exception as exc:
             log.exception("Unexpected error in sender routine")
             raise KafkaError("Unexpected error during batch delivery") from exc
-
-    async def _send_produce_req(self, node_id: int, batches: dict[Any, Any]) -> None:
-        await _ProduceHandler(self, batches).do(node_id)
-        self._in_flight.remove(node_id)
-        for tp in batches:
-            self._muted_partitions.remove(tp)
 
 
 class Producer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka is untyped
