@@ -16,6 +16,8 @@ import struct
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.client import ConnectionGroup
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol import produce
 from hypothesis import given, settings
@@ -199,12 +201,18 @@ async def test_a_failure_inside_the_sender_fails_the_waiting_records(
         await producer.stop()
 
 
+def _leaders_connection(producer: ours.Producer, topic: str) -> Any:
+    """The producer's connection to the leader of ``topic``'s partition 0 (aiokafka's map)."""
+    leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, 0))
+    return producer.client._conns[(leader, ConnectionGroup.DEFAULT)]
+
+
 async def test_an_answer_past_the_request_timeout_is_retried_on_a_new_connection(
     kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As with aiokafka's ``client.send``: the connection is closed, the record sent again, once.
 
-    The connection's request timeout is set to 0 once the producer is up, so the timer
+    The leader's connection's request timeout is set to 0 once the producer is up, so the timer
     fires before the broker can answer the first produce request; the second goes on the
     connection aiokafka opens in its place, whose timeout is the producer's own.
     """
@@ -216,9 +224,8 @@ async def test_an_answer_past_the_request_timeout_is_retried_on_a_new_connection
         async with asyncio.timeout(20):
             first = await producer.send(topic, b"warm-up", key=b"k")
             await first  # a connection to the leader exists from here on
-            impatient = list(producer.client._conns.values())
-            for conn in impatient:
-                conn._request_timeout = 0.0
+            impatient = _leaders_connection(producer, topic)
+            impatient._request_timeout = 0.0
             with caplog.at_level("WARNING", logger=ours.__name__):
                 delivery = await producer.send(topic, b"timed-out-once", key=b"k")
                 ack = await delivery
@@ -227,7 +234,46 @@ async def test_an_answer_past_the_request_timeout_is_retried_on_a_new_connection
         async with asyncio.timeout(10):
             await producer.stop()
     assert "RequestTimedOutError" in caplog.text
-    assert any(not conn.connected() for conn in impatient), "the late connection was not closed"
+    assert not impatient.connected(), "the late connection was not closed"
     records = await consume(kafka_bootstrap, topic, 2)
     assert [r.value for r in records] == [b"warm-up", b"timed-out-once"]
+    assert records[1].offset == ack.offset
+
+
+async def test_a_request_whose_write_fails_is_retried_on_a_new_connection(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As with aiokafka's ``conn.send``: an OSError writing closes the connection; the record lands.
+
+    The leader's connection is made to fail writing produce requests once the producer is
+    up; that connection is then closed, and the retry goes on the one aiokafka opens in
+    its place.
+    """
+    topic = unique_topic("unwritable")
+    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
+    producer = ours.Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+
+    def refuse_produce(data: bytes) -> None:
+        # Only produce requests (api key 0 after the size): a metadata request writing fine
+        # shows that it is the produce path that closes the connection, as aiokafka's does.
+        if data[4:6] == b"\x00\x00":
+            raise BrokenPipeError("the socket went away")
+        write(data)
+
+    try:
+        async with asyncio.timeout(20):
+            await (await producer.send(topic, b"warm-up", key=b"k"))
+            broken = _leaders_connection(producer, topic)
+            write = broken._writer.write
+            broken._writer.write = refuse_produce
+            with caplog.at_level("WARNING", logger=ours.__name__):
+                ack = await (await producer.send(topic, b"written-on-the-second", key=b"k"))
+    finally:
+        async with asyncio.timeout(10):
+            await producer.stop()
+    assert "broken: the socket went away" in caplog.text
+    assert not broken.connected()
+    records = await consume(kafka_bootstrap, topic, 2)
+    assert [r.value for r in records] == [b"warm-up", b"written-on-the-second"]
     assert records[1].offset == ack.offset
