@@ -175,15 +175,21 @@ def _expire(answer: asyncio.Future[Any]) -> None:
         answer.set_exception(_Expired())
 
 
-def _pass_on(ended: asyncio.Future[None], retry: asyncio.Task[None]) -> None:
-    if retry.cancelled():
-        ended.cancel()
+def _end(ended: asyncio.Future[None], error: BaseException | None = None) -> None:
+    # Already done only if the sender's stop cancelled its wait for this request.
+    if ended.done():
         return
-    error = retry.exception()
     if error is None:
         ended.set_result(None)
     else:
         ended.set_exception(error)
+
+
+def _pass_on(ended: asyncio.Future[None], retry: asyncio.Task[None]) -> None:
+    if retry.cancelled():
+        ended.cancel()
+    else:
+        _end(ended, retry.exception())
 
 
 class _ProduceHandler(SendProduceReqHandler):  # type: ignore[misc]  # aiokafka is untyped
@@ -240,12 +246,15 @@ class _ProduceHandler(SendProduceReqHandler):  # type: ignore[misc]  # aiokafka 
         try:
             self._handle(conn, answer)
         except Exception as exc:  # as a task's error would: the sender loop raises it
-            ended.set_exception(exc)
+            _end(ended, exc)
         else:
             self._settle(ended)
 
     def _handle(self, conn: Any, answer: asyncio.Future[Any]) -> None:
         """What aiokafka's ``do`` does with the answer, or with its error."""
+        if answer.cancelled():  # nothing cancels it today; if aiokafka ever does, retry
+            self._failed(KafkaConnectionError(f"request to {conn.host}:{conn.port} cancelled"))
+            return
         error = answer.exception()
         if error is None:
             self.handle_response(answer.result())
@@ -271,7 +280,7 @@ class _ProduceHandler(SendProduceReqHandler):  # type: ignore[misc]  # aiokafka 
     def _settle(self, ended: asyncio.Future[None]) -> None:
         """End ``ended`` now, or after the backoff when batches are to be retried."""
         if not self._to_reenqueue:
-            ended.set_result(None)
+            _end(ended)
             return
         retry: asyncio.Task[None] = create_task(self._retry())
         retry.add_done_callback(functools.partial(_pass_on, ended))
@@ -359,7 +368,7 @@ class _Sender(Sender):  # type: ignore[misc]  # aiokafka is untyped
                     waiter.remove_done_callback(woken)
                     wake = loop.create_future()
                 while finished:
-                    finished.pop().result()  # never raises unless aiokafka has a bug
+                    finished.pop().result()  # raises only for a bug in the answer's handling
         except asyncio.CancelledError:
             # as aiokafka's: let the requests in flight end (each removes itself from the set)
             for ended in list(requests):
