@@ -2,8 +2,10 @@
 
 Its codec must write and read exactly aiokafka's bytes, so the checks here compare the two
 on generated requests and responses. Its sender must deliver as aiokafka's does, so the
-records of many concurrent sends are read back from the broker; and a failure inside the
-sender must fail the waiting records, not leave them waiting. The private aiokafka names
+records of many concurrent sends are read back from the broker; a failure inside the
+sender must fail the waiting records, not leave them waiting; and a produce request that
+times out or cannot be written must close its connection and be retried, as aiokafka's
+``client.send`` and ``conn.send`` do. The private aiokafka names
 the module builds on are used here directly, so an aiokafka upgrade that moves them fails
 these tests first.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -201,79 +204,65 @@ async def test_a_failure_inside_the_sender_fails_the_waiting_records(
         await producer.stop()
 
 
-def _leaders_connection(producer: ours.Producer, topic: str) -> Any:
-    """The producer's connection to the leader of ``topic``'s partition 0 (aiokafka's map)."""
-    leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, 0))
-    return producer.client._conns[(leader, ConnectionGroup.DEFAULT)]
+def _time_out_at_once(conn: Any) -> None:
+    """The request timer fires before the broker can answer the first produce request."""
+    conn._request_timeout = 0.0
 
 
-async def test_an_answer_past_the_request_timeout_is_retried_on_a_new_connection(
-    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """As with aiokafka's ``client.send``: the connection is closed, the record sent again, once.
+def _refuse_produce_writes(conn: Any) -> None:
+    """Writing a produce request raises OSError; other requests (metadata) are written.
 
-    The leader's connection's request timeout is set to 0 once the producer is up, so the timer
-    fires before the broker can answer the first produce request; the second goes on the
-    connection aiokafka opens in its place, whose timeout is the producer's own.
+    Only produce requests (api key 0 after the size): aiokafka closes a connection whose
+    metadata write fails, so refusing those too would hide whether the produce path does.
     """
-    topic = unique_topic("expired")
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
-    producer = ours.Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        async with asyncio.timeout(20):
-            first = await producer.send(topic, b"warm-up", key=b"k")
-            await first  # a connection to the leader exists from here on
-            impatient = _leaders_connection(producer, topic)
-            impatient._request_timeout = 0.0
-            with caplog.at_level("WARNING", logger=ours.__name__):
-                delivery = await producer.send(topic, b"timed-out-once", key=b"k")
-                ack = await delivery
-    finally:
-        # bounded too: a sender retrying on the late connection for ever would hang stop()
-        async with asyncio.timeout(10):
-            await producer.stop()
-    assert "RequestTimedOutError" in caplog.text
-    assert not impatient.connected(), "the late connection was not closed"
-    records = await consume(kafka_bootstrap, topic, 2)
-    assert [r.value for r in records] == [b"warm-up", b"timed-out-once"]
-    assert records[1].offset == ack.offset
-
-
-async def test_a_request_whose_write_fails_is_retried_on_a_new_connection(
-    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """As with aiokafka's ``conn.send``: an OSError writing closes the connection; the record lands.
-
-    The leader's connection is made to fail writing produce requests once the producer is
-    up; that connection is then closed, and the retry goes on the one aiokafka opens in
-    its place.
-    """
-    topic = unique_topic("unwritable")
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
-    producer = ours.Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
+    write = conn._writer.write
 
     def refuse_produce(data: bytes) -> None:
-        # Only produce requests (api key 0 after the size): a metadata request writing fine
-        # shows that it is the produce path that closes the connection, as aiokafka's does.
         if data[4:6] == b"\x00\x00":
             raise BrokenPipeError("the socket went away")
         write(data)
 
+    conn._writer.write = refuse_produce
+
+
+@pytest.mark.parametrize(
+    ("spoil", "logged"),
+    [
+        pytest.param(_time_out_at_once, "RequestTimedOutError", id="answer-past-timeout"),
+        pytest.param(_refuse_produce_writes, "broken: the socket went away", id="write-fails"),
+    ],
+)
+async def test_a_failed_request_is_retried_on_a_new_connection_and_lands_once(
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+    spoil: Callable[[Any], None],
+    logged: str,
+) -> None:
+    """As with aiokafka's ``client.send``: the connection is closed, the record sent again, once.
+
+    Once the producer is up, the leader's connection is spoiled: its answers come past the
+    request timeout, or its produce writes fail. That connection must be closed, and the
+    retry go on the one aiokafka opens in its place (unspoiled), so the record lands once.
+    """
+    topic = unique_topic("retried")
+    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
+    producer = ours.Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
     try:
         async with asyncio.timeout(20):
             await (await producer.send(topic, b"warm-up", key=b"k"))
-            broken = _leaders_connection(producer, topic)
-            write = broken._writer.write
-            broken._writer.write = refuse_produce
+            # a connection to the leader exists from here on
+            leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, 0))
+            spoiled = producer.client._conns[(leader, ConnectionGroup.DEFAULT)]
+            spoil(spoiled)
             with caplog.at_level("WARNING", logger=ours.__name__):
-                ack = await (await producer.send(topic, b"written-on-the-second", key=b"k"))
+                ack = await (await producer.send(topic, b"sent-twice", key=b"k"))
     finally:
+        # bounded too: a sender retrying on the spoiled connection for ever would hang stop()
         async with asyncio.timeout(10):
             await producer.stop()
-    assert "broken: the socket went away" in caplog.text
-    assert not broken.connected()
+    assert logged in caplog.text
+    assert not spoiled.connected(), "the spoiled connection was not closed"
     records = await consume(kafka_bootstrap, topic, 2)
-    assert [r.value for r in records] == [b"warm-up", b"written-on-the-second"]
+    assert [r.value for r in records] == [b"warm-up", b"sent-twice"]
     assert records[1].offset == ack.offset
