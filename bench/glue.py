@@ -14,12 +14,14 @@ With ``--kafka BOOTSTRAP`` the delivery is the relay's own (relay/kafka/direct.p
 publisher, ``acks=all``, idempotent) to that broker, so the count adds the Kafka client's
 cost. The requests go one after the other, so each record is a produce request of its own:
 the low-rate path, where nothing is batched, which is where the client costs most.
+With ``--floor BOOTSTRAP`` the delivery is :class:`bench.floor.Floor` to that broker: one
+produce request per record with nothing else around it, the least any client could add.
 Background work that runs by the clock (the readiness probe, aiokafka's metadata refresh)
 is counted too; it is a few thousand instructions a second, next to the requests'
 hundreds of millions.
 
 Usage: ``python -m bench.glue [--few 100] [--many 600] [--requests-dir DIR] [--kafka
-127.0.0.1:9092]`` (about a minute on a quiet machine; valgrind must be installed).
+127.0.0.1:9092 | --floor 127.0.0.1:9092 | --ceiling]`` (about a minute on a quiet machine; valgrind must be installed).
 ``--run DIR --count N`` is the measured child.
 """
 
@@ -40,10 +42,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import ceiling, deliveries
+from bench.floor import Floor
 from bench.nokafka import Discard
+from bench.run import manage_topics
 from bench.targets import REPO, child_env
 from relay import appkeys
 from relay.app import create_app
+from relay.ingress.routing import all_topics, load_routes
 from relay.ingress.signatures import load_public_keys
 from relay.server import run_event_loop, start
 from relay.settings import Settings
@@ -52,10 +57,7 @@ _COLLECTED: Final = re.compile(rb"Collected : (\d+)")
 _LENGTH: Final = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
-def _app(directory: Path, kafka: str | None, ceiling_app: bool) -> web.Application:
-    """The relay's app (records discarded, or to ``kafka``), or the verification ceiling's."""
-    if ceiling_app:
-        return ceiling.create_app(load_public_keys([directory / "public.pem"]))
+def _settings(directory: Path, kafka: str | None) -> Settings:
     environ = {
         "RELAY_PUBLIC_KEYS": str(directory / "public.pem"),
         "RELAY_ROUTES_FILE": str(REPO / "config" / "routes.toml"),
@@ -63,18 +65,34 @@ def _app(directory: Path, kafka: str | None, ceiling_app: bool) -> web.Applicati
     }
     if kafka is not None:
         environ |= {"RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka, "RELAY_CREATE_TOPICS": "true"}
-    settings = Settings.load(environ, use_file=False)
-    return create_app(settings, None if kafka else Discard())
+    return Settings.load(environ, use_file=False)
 
 
-async def _drive(directory: Path, count: int, kafka: str | None, ceiling_app: bool) -> None:
+async def _app(directory: Path, target: str, kafka: str | None) -> web.Application:
+    """The verification ceiling's app, or the relay's: to the floor client at ``kafka``.
+
+    Or to the relay's own delivery there, or with its records discarded if ``kafka`` is None.
+    """
+    if target == "ceiling":
+        return ceiling.create_app(load_public_keys([directory / "public.pem"]))
+    if target == "floor" and kafka is not None:
+        settings = _settings(directory, kafka)
+        routes = load_routes(settings.routes_file, settings.topic_prefix)
+        await manage_topics(kafka, all_topics(routes), delete=False)
+        floor = Floor(kafka)
+        await floor.connect()
+        return create_app(settings, floor)
+    return create_app(_settings(directory, kafka), None if kafka else Discard())
+
+
+async def _drive(directory: Path, count: int, target: str, kafka: str | None) -> None:
     """Serve, then send the first ``count`` requests one after the other; all must be 200.
 
-    With ``kafka``, to that broker, once the producer is ready.
+    With ``kafka``, to that broker, once the delivery is ready.
     """
-    app = _app(directory, kafka, ceiling_app)
+    app = await _app(directory, target, kafka)
     runner = await start(app, "127.0.0.1", 0)
-    if not ceiling_app:
+    if target != "ceiling":
         async with asyncio.timeout(60):
             # The probe sets readiness; it has no event of its own to wait on.
             while app[appkeys.DELIVERY].readiness().problems:  # noqa: ASYNC110
@@ -130,16 +148,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="keep the signed requests here and reuse them (the same bytes before and after)",
     )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--kafka", metavar="BOOTSTRAP", help="deliver to this broker")
-    target.add_argument(
+    targets = parser.add_mutually_exclusive_group()
+    targets.add_argument("--kafka", metavar="BOOTSTRAP", help="deliver to this broker")
+    targets.add_argument(
+        "--floor",
+        metavar="BOOTSTRAP",
+        help="deliver to this broker with the least a client can do (bench/floor.py)",
+    )
+    targets.add_argument(
         "--ceiling", action="store_true", help="the verification ceiling (bench/ceiling.py)"
     )
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run is not None:
-        run_event_loop(_drive(args.run, args.count, args.kafka, args.ceiling))
+        target = "ceiling" if args.ceiling else "floor" if args.floor else "relay"
+        run_event_loop(_drive(args.run, args.count, target, args.kafka or args.floor))
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("bench.glue: valgrind is not installed (apt-get install valgrind)")
@@ -154,7 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             deliveries.write_public_key(key, directory / "public.pem")
             signed = deliveries.build(args.many, key, locations=500, seed=6)
             deliveries.write_requests(signed, stored)
-        extra = ["--kafka", args.kafka] if args.kafka else ["--ceiling"] if args.ceiling else []
+        extra = (
+            ["--kafka", args.kafka]
+            if args.kafka
+            else ["--floor", args.floor]
+            if args.floor
+            else ["--ceiling"]
+            if args.ceiling
+            else []
+        )
         few, many = _instructions(directory, (args.few, args.many), extra)
     per_request = (many - few) / (args.many - args.few)
     print(f"instructions per request: {per_request:,.0f}")

@@ -12,7 +12,9 @@ its range, so the drift shows as spread instead of as a result.
 Each round measures, per target: the maximum (wrk, closed loop), then the CPU per request
 at one open-loop rate common to all targets (``--fraction`` of the relay's maximum in the
 first round, or ``--rate``, to compare runs): the issue's "at the same rate". Needs the
-local broker (``make kafka-up``) and wrk.
+local broker (``make kafka-up``) and wrk. ``--targets`` may add ``relay-floor``, the relay
+on :mod:`bench.floor`'s client: what the relay would cost with the least a Kafka client can
+do per record, a bound on what any client change can reach.
 
 The relay's window of recent ids is off here (``RELAY_DEDUP_WINDOW=0``): the targets live
 through every round and see the same deliveries again, which the window would answer as
@@ -51,8 +53,17 @@ from bench.targets import (
 from relay.ingress.routing import all_topics, load_routes
 
 TARGETS: Final = ("verify", "relay-nokafka", "relay", "fastapi")
-#: (numerator, denominator) of each ratio reported
-RATIOS: Final = (("relay", "verify"), ("relay-nokafka", "verify"), ("relay", "fastapi"))
+#: more that ``--targets`` can name: the relay with the least a Kafka client can do
+OPTIONAL: Final = ("relay-floor",)
+#: (numerator, denominator) of each ratio reported, where both ran
+RATIOS: Final = (
+    ("relay", "verify"),
+    ("relay-nokafka", "verify"),
+    ("relay-floor", "verify"),
+    ("relay", "fastapi"),
+    ("relay-nokafka", "fastapi"),
+    ("relay-floor", "fastapi"),
+)
 _GENERATOR_CPU: Final = "0"
 _TARGET_CPU: Final = "1"
 
@@ -69,7 +80,7 @@ def _start(target: str, logs: Path, key: Path, prefix: str, bootstrap: str) -> S
         bootstrap,
         {"RELAY_DEDUP_WINDOW": "0"},
         _TARGET_CPU,
-        kafka=target == "relay",
+        stand_in=None if target == "relay" else target,
     )
     server.name = target
     return server
@@ -94,7 +105,9 @@ def _point(
     result: dict[str, Any] = (
         wrk.parse(child.output, connections) if rate is None else json.loads(child.output)
     )
-    ok = max(int(result["ok"]), 1)
+    ok = int(result["ok"])
+    if ok == 0:
+        raise RuntimeError(f"{server.name}: no request answered 2xx; see its log in {log.parent}")
     return {
         "rate": float(result["rate"]),
         "cpu_ms_per_request": round(cpu / ok * 1000, 4),
@@ -152,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--out", type=Path, default=Path("bench/results/rounds"))
     args = parser.parse_args(argv)
+    if unknown := set(args.targets.split(",")) - {*TARGETS, *OPTIONAL}:
+        parser.error(f"--targets: no target {', '.join(sorted(unknown))}")
     if (os.cpu_count() or 1) < 2 or not wrk.available():
         raise SystemExit("bench.rounds: needs 2 cores or more, and wrk")
     targets = args.targets.split(",")
@@ -168,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         *all_topics(load_routes(REPO / "config" / "routes.toml", prefix)),
         f"{prefix}.fastapi",
     ]
-    asyncio.run(manage_topics(args.bootstrap, topics[-1:], delete=False))
+    # All of them: the floor target writes to the relay's topics without creating them.
+    asyncio.run(manage_topics(args.bootstrap, topics, delete=False))
     servers = {t: _start(t, out, public, prefix, args.bootstrap) for t in targets}
     rounds: list[dict[str, dict[str, dict[str, float]]]] = []
     try:

@@ -211,9 +211,9 @@ def _start(plan: Plan, target: str) -> Server:
         env = plan.relay_env
         if target == "relay-workers":
             env = {"RELAY_WORKERS": str(os.cpu_count() or 1), **env}
-        kafka = target != "relay-nokafka"
+        stand_in = target if target == "relay-nokafka" else None
         server = start_relay(
-            plan.logs, plan.public_key, plan.prefix, plan.bootstrap, env, cpus, kafka=kafka
+            plan.logs, plan.public_key, plan.prefix, plan.bootstrap, env, cpus, stand_in=stand_in
         )
         server.name = target
         return server

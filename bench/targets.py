@@ -31,8 +31,8 @@ from bench import bridge
 from bench.procstat import peak_rss_kib
 
 REPO: Final = Path(__file__).resolve().parent.parent
-#: the bench-only entry point of the relay without Kafka
-NOKAFKA: Final = "bench.nokafka"
+#: the bench-only entry points of the relay with its delivery stood in for, by target
+STAND_INS: Final = {"relay-nokafka": "bench.nokafka", "relay-floor": "bench.floor"}
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
 _OUTCOME: Final = re.compile(r'^relay_requests_total\{.*outcome="([a-z_]+)".*\} (\S+)$')
@@ -163,12 +163,13 @@ def start_relay(
     extra: Mapping[str, str],
     cpus: str | None = None,
     *,
-    kafka: bool = True,
+    stand_in: str | None = None,
 ) -> Server:
     """``relay serve`` trusting ``public_key``, on the real broker, with ``acks=all``.
 
-    Without ``kafka``, the same relay with its delivery replaced by one that does nothing
-    (:mod:`bench.nokafka`): the glue's cost, apart from the Kafka client's.
+    With ``stand_in`` (a key of :data:`STAND_INS`), the same relay with its delivery
+    replaced: by one that does nothing (:mod:`bench.nokafka`, the glue's cost apart from
+    the Kafka client's), or by the least a client can do (:mod:`bench.floor`).
     """
     port, metrics_port = free_port(), free_port()
     env = child_env(
@@ -187,8 +188,9 @@ def start_relay(
     )
     # The working directory is the log folder: no config/relay.toml there, so only the
     # defaults and the variables above apply.
-    argv = [sys.executable, "-m", "relay", "serve"] if kafka else [sys.executable, "-m", NOKAFKA]
-    process = _spawn("relay", argv, env, logs / "relay.log", cpus)
+    module = [STAND_INS[stand_in]] if stand_in else ["relay", "serve"]
+    argv = [sys.executable, "-m", *module]
+    process = _spawn("relay", argv, env, logs / f"{stand_in or 'relay'}.log", cpus)
     return Server("relay", process, port, metrics_port)
 
 

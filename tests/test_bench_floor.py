@@ -1,0 +1,87 @@
+"""The benchmark's "relay with the floor client" (bench/floor.py, issue 21), on the real broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench import deliveries, rounds
+from bench.floor import Floor
+from bench.targets import child_env
+from relay.errors import PublishError
+from relay.kafka.topics import ensure_topics
+from relay.records import Record
+from tests.kafkautil import consume, unique_topic
+
+
+def _record(topic: str, n: int) -> Record:
+    return Record(
+        topic=topic,
+        key=f"loc-{n}".encode(),
+        value=b'{"type": "ContactCreate", "n": %d}' % n,
+        headers=(("ce_id", f"id-{n}".encode()), ("ce_type", b"ContactCreate")),
+    )
+
+
+async def test_the_floor_client_lands_each_record_with_its_key_and_headers(
+    kafka_bootstrap: str,
+) -> None:
+    """Each record is acked at the next offset of partition 0 and reads back as it was sent."""
+    topic = unique_topic("floor")
+    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
+    floor = Floor(kafka_bootstrap)
+    await floor.connect()
+    try:
+        assert floor.readiness().status == "ready"
+        receipts = [await floor.deliver(_record(topic, n), deadline=0.0) for n in range(3)]
+    finally:
+        floor.close()
+    assert [(r.topic, r.partition, r.offset) for r in receipts] == [(topic, 0, n) for n in range(3)]
+    got = await consume(kafka_bootstrap, topic, 3)
+    sent = [_record(topic, n) for n in range(3)]
+    assert [(r.key, r.value, tuple(r.headers)) for r in got] == [
+        (s.key, s.value, s.headers) for s in sent
+    ]
+
+
+async def test_the_floor_client_fails_a_record_the_broker_refuses(kafka_bootstrap: str) -> None:
+    """A topic that does not exist: the broker's error code comes back as a PublishError."""
+    floor = Floor(kafka_bootstrap)
+    await floor.connect()
+    try:
+        with pytest.raises(PublishError, match="produce error code 3"):
+            await floor.deliver(_record(unique_topic("absent"), 0), deadline=0.0)
+    finally:
+        floor.close()
+
+
+def test_the_glue_child_serves_the_relay_with_the_floor_client(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """``bench.glue --floor``: the relay's app on the floor client, 200 to each delivery."""
+    key = Ed25519PrivateKey.generate()
+    deliveries.write_public_key(key, tmp_path / "public.pem")
+    deliveries.write_requests(
+        deliveries.build(10, key, locations=5, seed=3), tmp_path / "requests.bin"
+    )
+    argv = [sys.executable, "-m", "bench.glue", "--run", str(tmp_path), "--count", "10"]
+    done = subprocess.run(
+        [*argv, "--floor", kafka_bootstrap],
+        env=child_env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_the_rounds_refuse_a_target_they_do_not_know(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--targets`` naming no target stops at once, naming it, before anything starts."""
+    with pytest.raises(SystemExit) as stopped:
+        rounds.main(["--targets", "verify,relay-flor"])
+    assert stopped.value.code == 2
+    assert "--targets: no target relay-flor" in capsys.readouterr().err
