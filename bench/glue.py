@@ -21,8 +21,8 @@ is counted too; it is a few thousand instructions a second, next to the requests
 hundreds of millions.
 
 Usage: ``python -m bench.glue [--few 100] [--many 600] [--requests-dir DIR] [--kafka
-127.0.0.1:9092 | --floor 127.0.0.1:9092 | --ceiling]`` (about a minute on a quiet machine; valgrind must be installed).
-``--run DIR --count N`` is the measured child.
+127.0.0.1:9092 | --floor 127.0.0.1:9092 | --ceiling]`` (about a minute on a quiet machine;
+valgrind must be installed). ``--run DIR --count N`` is the measured child.
 """
 
 from __future__ import annotations
