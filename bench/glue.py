@@ -42,9 +42,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import ceiling, deliveries
-from bench.floor import Floor
+from bench.floor import Floor, create_topics
 from bench.nokafka import Discard
-from bench.run import manage_topics
 from bench.targets import REPO, child_env
 from relay import appkeys
 from relay.app import create_app
@@ -78,7 +77,7 @@ async def _app(directory: Path, target: str, kafka: str | None) -> web.Applicati
     if target == "floor" and kafka is not None:
         settings = _settings(directory, kafka)
         routes = load_routes(settings.routes_file, settings.topic_prefix)
-        await manage_topics(kafka, all_topics(routes), delete=False)
+        await create_topics(kafka, all_topics(routes))
         floor = Floor(kafka)
         await floor.connect()
         return create_app(settings, floor)

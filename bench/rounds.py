@@ -12,9 +12,9 @@ its range, so the drift shows as spread instead of as a result.
 Each round measures, per target: the maximum (wrk, closed loop), then the CPU per request
 at one open-loop rate common to all targets (``--fraction`` of the relay's maximum in the
 first round, or ``--rate``, to compare runs): the issue's "at the same rate". Needs the
-local broker (``make kafka-up``) and wrk. ``--targets`` may add ``relay-floor``, the relay
-on :mod:`bench.floor`'s client: what the relay would cost with the least a Kafka client can
-do per record, a bound on what any client change can reach.
+local broker (``make kafka-up``) and wrk. ``relay-floor`` is the relay on
+:mod:`bench.floor`'s client, the least a Kafka client can do at the same batching: a bound
+on what any change to the relay's client can reach.
 
 The relay's window of recent ids is off here (``RELAY_DEDUP_WINDOW=0``): the targets live
 through every round and see the same deliveries again, which the window would answer as
@@ -38,6 +38,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deliveries, wrk
+from bench.floor import create_topics
 from bench.procstat import cpu_seconds
 from bench.run import manage_topics
 from bench.targets import (
@@ -52,9 +53,7 @@ from bench.targets import (
 )
 from relay.ingress.routing import all_topics, load_routes
 
-TARGETS: Final = ("verify", "relay-nokafka", "relay", "fastapi")
-#: more that ``--targets`` can name: the relay with the least a Kafka client can do
-OPTIONAL: Final = ("relay-floor",)
+TARGETS: Final = ("verify", "relay-nokafka", "relay-floor", "relay", "fastapi")
 #: (numerator, denominator) of each ratio reported, where both ran
 RATIOS: Final = (
     ("relay", "verify"),
@@ -165,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--out", type=Path, default=Path("bench/results/rounds"))
     args = parser.parse_args(argv)
-    if unknown := set(args.targets.split(",")) - {*TARGETS, *OPTIONAL}:
+    if unknown := set(args.targets.split(",")) - set(TARGETS):
         parser.error(f"--targets: no target {', '.join(sorted(unknown))}")
     if (os.cpu_count() or 1) < 2 or not wrk.available():
         raise SystemExit("bench.rounds: needs 2 cores or more, and wrk")
@@ -183,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         *all_topics(load_routes(REPO / "config" / "routes.toml", prefix)),
         f"{prefix}.fastapi",
     ]
-    # All of them: the floor target writes to the relay's topics without creating them.
-    asyncio.run(manage_topics(args.bootstrap, topics, delete=False))
+    # All of them, writable: the floor target writes to the relay's topics without retrying.
+    asyncio.run(create_topics(args.bootstrap, topics))
     servers = {t: _start(t, out, public, prefix, args.bootstrap) for t in targets}
     rounds: list[dict[str, dict[str, dict[str, float]]]] = []
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deliveries, rounds
-from bench.floor import Floor
+from bench.floor import Floor, create_topics
 from bench.targets import child_env
 from relay.errors import PublishError
-from relay.kafka.topics import ensure_topics
 from relay.records import Record
 from tests.kafkautil import consume, unique_topic
 
@@ -30,9 +30,12 @@ def _record(topic: str, n: int) -> Record:
 async def test_the_floor_client_lands_each_record_with_its_key_and_headers(
     kafka_bootstrap: str,
 ) -> None:
-    """Each record is acked at the next offset of partition 0 and reads back as it was sent."""
+    """Each record is acked at partition 0's next offset and reads back as it was sent.
+
+    Offset 0 is create_topics' warm record.
+    """
     topic = unique_topic("floor")
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, [topic], 1, 1)
+    await create_topics(kafka_bootstrap, [topic])
     floor = Floor(kafka_bootstrap)
     await floor.connect()
     try:
@@ -40,12 +43,39 @@ async def test_the_floor_client_lands_each_record_with_its_key_and_headers(
         receipts = [await floor.deliver(_record(topic, n), deadline=0.0) for n in range(3)]
     finally:
         floor.close()
-    assert [(r.topic, r.partition, r.offset) for r in receipts] == [(topic, 0, n) for n in range(3)]
-    got = await consume(kafka_bootstrap, topic, 3)
+    assert [(r.topic, r.partition, r.offset) for r in receipts] == [
+        (topic, 0, n) for n in range(1, 4)
+    ]
+    got = (await consume(kafka_bootstrap, topic, 4))[1:]
     sent = [_record(topic, n) for n in range(3)]
     assert [(r.key, r.value, tuple(r.headers)) for r in got] == [
         (s.key, s.value, s.headers) for s in sent
     ]
+
+
+async def test_records_that_arrive_while_one_is_in_flight_share_the_next_request(
+    kafka_bootstrap: str,
+) -> None:
+    """Forty records at once, over two topics: every one acked once, at its own offset.
+
+    The first goes alone; the rest wait for its answer and go together, a batch per topic
+    in one request, so the offsets of each topic are consecutive and the records read
+    back in the order they were given.
+    """
+    topics = [unique_topic("floor"), unique_topic("floor")]
+    await create_topics(kafka_bootstrap, topics)
+    floor = Floor(kafka_bootstrap)
+    await floor.connect()
+    sent = [_record(topics[n % 2], n) for n in range(40)]
+    try:
+        receipts = await asyncio.gather(*(floor.deliver(r, deadline=0.0) for r in sent))
+    finally:
+        floor.close()
+    for topic in topics:
+        offsets = [r.offset for r in receipts if r.topic == topic]
+        assert offsets == list(range(1, 21))
+        got = (await consume(kafka_bootstrap, topic, 21))[1:]
+        assert [r.value for r in got] == [s.value for s in sent if s.topic == topic]
 
 
 async def test_the_floor_client_fails_a_record_the_broker_refuses(kafka_bootstrap: str) -> None:
