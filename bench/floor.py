@@ -31,7 +31,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from relay import logs
 from relay.delivery import Acked, Readiness
 from relay.errors import PublishError
-from relay.kafka.producer import ProduceV7, _decode_answer, _Header
+from relay.kafka.producer import ProduceResponseV7, ProduceV7
 from relay.kafka.topics import ensure_topics
 from relay.records import Record
 from relay.server import run_event_loop, serve
@@ -150,7 +150,7 @@ class Floor:
         request = ProduceV7(
             transactional_id=None, required_acks=_ACKS_ALL, timeout=_TIMEOUT_MS, topics=topics
         )
-        header = _Header(next(self._ids) & 0x7FFFFFFF, _CLIENT_ID).encode()
+        header = request.build_request_header(next(self._ids) & 0x7FFFFFFF, _CLIENT_ID).encode()
         message = header + request.encode()
         self._sent = sent
         cast(asyncio.Transport, self._connection.transport).write(_I32.pack(len(message)) + message)
@@ -158,8 +158,7 @@ class Floor:
     def _answered(self, body: bytes) -> None:
         """Settle the records of the request in flight; send those that waited meanwhile."""
         sent, self._sent = self._sent or {}, None
-        topics, _ = _decode_answer(body)
-        for topic, partitions in topics:
+        for topic, partitions in ProduceResponseV7.decode(body).topics:
             _, error, base, _, _ = partitions[0]
             for n, (_, acked) in enumerate(sent.pop(topic, ())):
                 if acked.done():  # its handler gave up waiting
