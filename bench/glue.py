@@ -177,15 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             deliveries.write_public_key(key, directory / "public.pem")
             signed = deliveries.build(args.many, key, locations=500, seed=6)
             deliveries.write_requests(signed, stored)
-        extra = (
-            ["--kafka", args.kafka]
-            if args.kafka
-            else ["--floor", args.floor]
-            if args.floor
-            else ["--ceiling"]
-            if args.ceiling
-            else []
-        )
+        # the children serve the same target as this run was asked for
+        extra = ["--ceiling"] if args.ceiling else []
+        for option, bootstrap in (("--kafka", args.kafka), ("--floor", args.floor)):
+            extra += [option, bootstrap] if bootstrap else []
         few, many = _instructions(directory, (args.few, args.many), extra)
     per_request = (many - few) / (args.many - args.few)
     print(f"instructions per request: {per_request:,.0f}")

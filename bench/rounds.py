@@ -164,11 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--out", type=Path, default=Path("bench/results/rounds"))
     args = parser.parse_args(argv)
-    if unknown := set(args.targets.split(",")) - set(TARGETS):
+    targets = args.targets.split(",")
+    if unknown := set(targets) - set(TARGETS):
         parser.error(f"--targets: no target {', '.join(sorted(unknown))}")
     if (os.cpu_count() or 1) < 2 or not wrk.available():
         raise SystemExit("bench.rounds: needs 2 cores or more, and wrk")
-    targets = args.targets.split(",")
     out: Path = args.out.resolve()  # the targets run in it, and read the key from it
     out.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
