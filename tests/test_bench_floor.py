@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import deliveries, rounds
 from bench.floor import Floor, create_topics
-from bench.targets import child_env
 from relay.errors import PublishError
 from relay.records import Record
 from tests.kafkautil import consume, unique_topic
@@ -87,31 +81,3 @@ async def test_the_floor_client_fails_a_record_the_broker_refuses(kafka_bootstra
             await floor.deliver(_record(unique_topic("absent"), 0), deadline=0.0)
     finally:
         floor.close()
-
-
-def test_the_glue_child_serves_the_relay_with_the_floor_client(
-    tmp_path: Path, kafka_bootstrap: str
-) -> None:
-    """``bench.glue --floor``: the relay's app on the floor client, 200 to each delivery."""
-    key = Ed25519PrivateKey.generate()
-    deliveries.write_public_key(key, tmp_path / "public.pem")
-    deliveries.write_requests(
-        deliveries.build(10, key, locations=5, seed=3), tmp_path / "requests.bin"
-    )
-    argv = [sys.executable, "-m", "bench.glue", "--run", str(tmp_path), "--count", "10"]
-    done = subprocess.run(
-        [*argv, "--floor", kafka_bootstrap],
-        env=child_env(),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-
-
-def test_the_rounds_refuse_a_target_they_do_not_know(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--targets`` naming no target stops at once, naming it, before anything starts."""
-    with pytest.raises(SystemExit) as stopped:
-        rounds.main(["--targets", "verify,relay-flor"])
-    assert stopped.value.code == 2
-    assert "--targets: no target relay-flor" in capsys.readouterr().err
