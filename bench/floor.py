@@ -176,8 +176,7 @@ class Floor:
 
     def _lost(self, exc: Exception | None) -> None:
         sent, self._sent = self._sent or {}, None
-        waiting = [acked for records in sent.values() for _, acked in records]
-        for acked in [*waiting, *(acked for _, acked in self._waiting)]:
+        for _, acked in [*itertools.chain(*sent.values()), *self._waiting]:
             if not acked.done():
                 acked.set_exception(PublishError(f"broker connection lost: {exc}"))
         self._waiting = []
